@@ -1,0 +1,23 @@
+"""mobilenet-np: MobileNet V1, MobileNet V2 and DeepLabV3 in readable NumPy, equal to transformers.
+
+    import mobilenet_np
+    model = mobilenet_np.load("mobilenet_v2_1.0_224.h5")      # the architecture stored in the file
+    logits = model(pixel_values).logits                        # pixel_values: (N, 3, H, W) float32
+"""
+
+from .deeplabv3 import MobileNetV2ForSemanticSegmentation
+from .errors import (ConfigError, ConversionError, ImageError, MobileNetError, OutputExistsError, ShapeError,
+                     WeightsError)
+from .mobilenet_v1 import MobileNetV1Config, MobileNetV1ForImageClassification, MobileNetV1Model
+from .mobilenet_v2 import MobileNetV2Config, MobileNetV2ForImageClassification, MobileNetV2Model
+from .weights import load
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MobileNetV1Config", "MobileNetV1Model", "MobileNetV1ForImageClassification",
+    "MobileNetV2Config", "MobileNetV2Model", "MobileNetV2ForImageClassification",
+    "MobileNetV2ForSemanticSegmentation", "load",
+    "MobileNetError", "ShapeError", "ConfigError", "WeightsError", "ImageError", "ConversionError",
+    "OutputExistsError",
+]

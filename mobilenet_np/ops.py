@@ -489,7 +489,7 @@ def _bilinear_taps(out_size, in_size, align_corners, dtype):
     src = _source_coordinates(out_size, in_size, align_corners, dtype)
     lower = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     upper = np.minimum(lower + 1, in_size - 1)
-    return lower, upper, src - lower
+    return lower, upper, src - lower.astype(dtype)
 
 
 def interpolate_bilinear(x, size, align_corners: bool) -> np.ndarray:

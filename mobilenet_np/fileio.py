@@ -1,0 +1,41 @@
+"""Writing files so that a failure never leaves half a file behind or damages an existing one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import MobileNetError, OutputExistsError
+
+
+@contextlib.contextmanager
+def atomic_output(path, overwrite: bool = False, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path` in one step.
+
+    The temporary file lives in the same folder (so the rename is atomic) and is removed if the
+    body raises or is interrupted. An existing `path` is only replaced with overwrite=True.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise MobileNetError(f"{path}: cannot write, folder {folder} does not exist")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path}: exists already (pass --force / overwrite=True to replace it)")
+    if path.is_dir():
+        raise MobileNetError(f"{path}: is a folder, expected a file path")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=folder)
+    except OSError as e:
+        raise MobileNetError(f"{path}: cannot write in {folder} ({e.strerror})") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise

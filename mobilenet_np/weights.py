@@ -1,0 +1,171 @@
+"""The mobilenet-np weights file: HDF5, one dataset per transformers state_dict key.
+
+The schema is written down in docs/weights_format.md, for readers in other languages. In short:
+
+    /                      root attributes (all strings are UTF-8; JSON ones hold a JSON document)
+      format               "mobilenet-np-weights"
+      format_version       1
+      architecture         "MobileNetV1ForImageClassification" | "MobileNetV2ForImageClassification" |
+                           "MobileNetV2ForSemanticSegmentation" | "MobileNetV1Model" | "MobileNetV2Model"
+      config               JSON: the transformers config.json dict
+      id2label             JSON: {"0": "background", ...}
+      image_processor      JSON: the transformers preprocessor_config.json dict ({} when unknown)
+      provenance           JSON: {"source", "source_sha256": {file: sha256}, "converter", "converter_version", ...}
+    /tensors/<key>         one dataset per state_dict key, PyTorch layout (conv weights OIHW), float32
+                           or float64; `...num_batches_tracked` are int64 scalars
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import WeightsError
+from .fileio import atomic_output
+
+FORMAT_NAME = "mobilenet-np-weights"
+FORMAT_VERSION = 1
+TENSORS_GROUP = "tensors"
+
+
+def architectures() -> dict[str, type]:
+    """Architecture name (as stored in the file, = transformers class name) -> mobilenet_np class."""
+    from .deeplabv3 import MobileNetV2ForSemanticSegmentation
+    from .mobilenet_v1 import MobileNetV1ForImageClassification, MobileNetV1Model
+    from .mobilenet_v2 import MobileNetV2ForImageClassification, MobileNetV2Model
+    classes = [MobileNetV1Model, MobileNetV1ForImageClassification, MobileNetV2Model,
+               MobileNetV2ForImageClassification, MobileNetV2ForSemanticSegmentation]
+    return {c.__name__: c for c in classes}
+
+
+@dataclass
+class WeightsFile:
+    """Everything a weights file holds, read and checked."""
+
+    path: Path
+    architecture: str
+    config: dict[str, Any]
+    tensors: dict[str, np.ndarray]
+    id2label: dict[int, str] = field(default_factory=dict)
+    image_processor: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+
+def save_weights(path, tensors: dict[str, np.ndarray], architecture: str, config: dict[str, Any], *,
+                 image_processor: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None,
+                 overwrite: bool = False) -> Path:
+    """Write a weights file atomically (a temporary file beside `path`, then a rename)."""
+    import h5py
+
+    if architecture not in architectures():
+        raise WeightsError(f"{path}: unknown architecture {architecture!r}, expected one of {sorted(architectures())}")
+    id2label = {str(k): v for k, v in config.get("id2label", {}).items()}
+    path = Path(path)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT_NAME
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["architecture"] = architecture
+            f.attrs["config"] = json.dumps(config, sort_keys=True)
+            f.attrs["id2label"] = json.dumps(id2label)
+            f.attrs["image_processor"] = json.dumps(image_processor or {}, sort_keys=True)
+            f.attrs["provenance"] = json.dumps(provenance or {}, sort_keys=True)
+            group = f.create_group(TENSORS_GROUP)
+            for key, value in tensors.items():
+                group.create_dataset(key, data=np.asarray(value))
+    return path
+
+
+def _json_attribute(attrs, name: str, path: Path, required: bool = True):
+    if name not in attrs:
+        if required:
+            raise WeightsError(f"{path}: missing root attribute {name!r} (not a {FORMAT_NAME} file?)")
+        return {}
+    value = attrs[name]
+    try:
+        return json.loads(value.decode() if isinstance(value, bytes) else str(value))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{path}: root attribute {name!r} is not valid JSON ({e})") from None
+
+
+def read_weights(path) -> WeightsFile:
+    """Read and check a weights file; any problem raises one WeightsError naming the file."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise WeightsError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0][:120]})") from None
+    try:
+        with f:
+            attrs = f.attrs
+            fmt = attrs.get("format")
+            fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+            if fmt != FORMAT_NAME:
+                raise WeightsError(f"{path}: root attribute 'format' is {fmt!r}, expected {FORMAT_NAME!r}")
+            version = attrs.get("format_version")
+            if not isinstance(version, (int, np.integer)) or int(version) != FORMAT_VERSION:
+                raise WeightsError(f"{path}: format_version {version!r} is not supported (this mobilenet_np reads "
+                                   f"version {FORMAT_VERSION}); upgrade mobilenet-np or re-convert the weights")
+            architecture = attrs.get("architecture")
+            architecture = architecture.decode() if isinstance(architecture, bytes) else architecture
+            if architecture not in architectures():
+                raise WeightsError(f"{path}: root attribute 'architecture' is {architecture!r}, "
+                                   f"expected one of {sorted(architectures())}")
+            config = _json_attribute(attrs, "config", path)
+            if not isinstance(config, dict):
+                raise WeightsError(f"{path}: root attribute 'config' must be a JSON object")
+            id2label = _json_attribute(attrs, "id2label", path, required=False)
+            image_processor = _json_attribute(attrs, "image_processor", path, required=False)
+            provenance = _json_attribute(attrs, "provenance", path, required=False)
+            group = f.get(TENSORS_GROUP)
+            if not isinstance(group, h5py.Group):
+                raise WeightsError(f"{path}: no group /{TENSORS_GROUP} with the weight tensors")
+            tensors = {}
+            for key, dataset in group.items():
+                if not isinstance(dataset, h5py.Dataset):
+                    raise WeightsError(f"{path}: /{TENSORS_GROUP}/{key} is not a dataset")
+                tensors[key] = dataset[()]
+    except WeightsError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:  # truncated or damaged HDF5
+        raise WeightsError(f"{path}: damaged weights file ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+    return WeightsFile(path, architecture, config, tensors, {int(k): v for k, v in id2label.items()}
+                       if isinstance(id2label, dict) else {}, image_processor or {}, provenance or {})
+
+
+def load_model(path, model_class: type | None = None):
+    """Build the model stored in a weights file (the class named by its architecture, or `model_class`).
+
+    `model_class` may be the stored architecture or its base model (e.g. MobileNetV2Model from a
+    MobileNetV2ForImageClassification file: the classifier is dropped, as in transformers).
+    """
+    from .errors import ConfigError
+
+    weights = read_weights(path)
+    stored = architectures()[weights.architecture]
+    cls = stored if model_class is None else model_class
+    if cls is not stored and not (cls.config_class is stored.config_class and cls.__name__.endswith("Model")):
+        raise WeightsError(f"{path}: holds a {weights.architecture}, which cannot be loaded as a {cls.__name__}")
+    try:
+        config = cls.config_class.from_dict(weights.config)
+    except ConfigError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    model = cls(config, seed=None)
+    model.load_state_dict(weights.tensors, source=str(path))
+    model.metadata = {"path": str(path), "architecture": weights.architecture,
+                      "image_processor": weights.image_processor, "provenance": weights.provenance}
+    return model
+
+
+def load(path):
+    """Load a weights file as the architecture it stores (`mobilenet_np.load("weights.h5")`)."""
+    return load_model(path)
