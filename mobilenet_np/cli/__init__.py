@@ -1,0 +1,62 @@
+"""The `mobilenet-np` command: one module per subcommand in this folder.
+
+Each subcommand module defines `register(subparsers)`, which adds its parser and sets
+`func=run` where `run(args) -> int` is the exit status. Errors the project raises on purpose
+(`MobileNetError`) are printed as one line and exit with status 2; `--debug` shows the traceback.
+`python -m weights_tools` is built the same way from `build_parser` and `run_command`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import MobileNetError
+
+# Subcommand modules of mobilenet-np, in the order `--help` lists them.
+SUBCOMMANDS = ["classify", "segment", "summary", "golden", "compare"]
+
+
+def build_parser(prog: str, description: str, package: str, modules: list[str]) -> argparse.ArgumentParser:
+    """A parser with `--debug` and one subcommand per module of `package` that exists."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in modules:
+        try:
+            module = importlib.import_module(f"{package}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"{package}.{name}":  # not written yet
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse, run the chosen subcommand, and turn the project's errors into one line and exit status 2."""
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MobileNetError as e:
+        if args.debug:
+            raise
+        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser("mobilenet-np", "MobileNet V1/V2 and DeepLabV3 in readable NumPy, equal to Hugging Face "
+                          "transformers.", __name__, SUBCOMMANDS)
+    return run_command(parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
