@@ -245,6 +245,8 @@ class PreTrainedModel:
                 problems.append(f"{key} has dtype {value.dtype}, expected float32 or float64")
             elif not np.all(np.isfinite(value)):
                 problems.append(f"{key} contains NaN or Inf")
+            elif key.endswith("running_var") and np.any(value < 0):
+                problems.append(f"{key} has negative variances")
             else:
                 loaded[key] = value
         if problems:

@@ -133,7 +133,8 @@ def read_weights(path) -> WeightsFile:
             for key, dataset in group.items():
                 if not isinstance(dataset, h5py.Dataset):
                     raise WeightsError(f"{path}: /{TENSORS_GROUP}/{key} is not a dataset")
-                tensors[key] = dataset[()]
+                name = key.decode("utf-8", "replace") if isinstance(key, bytes) else key  # damaged names
+                tensors[name] = dataset[()]
     except WeightsError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:  # truncated or damaged HDF5
