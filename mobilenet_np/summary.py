@@ -1,0 +1,266 @@
+"""What a network costs: per-layer output shapes, parameters and multiply-accumulates (MACs).
+
+The table is built from the networks' own layer descriptions (the `ConvLayer`s and the head
+structure of each model), never from a separate copy of the architecture, so it cannot drift
+from the code that computes. The counting convention (docs/costs.md explains it and shows that
+it reproduces the published MobileNet V1 and V2 figures):
+
+    convolution   MACs = H_out * W_out * C_out * (C_in / groups) * k * k   (zero padding included)
+    linear        MACs = in_features * out_features
+    BatchNorm, activations, biases, residual adds, pooling, upsampling, concatenation: 0 MACs
+    (they are additions, comparisons or per-channel scalings; BatchNorm folds into the conv)
+    params        every learned tensor: conv/linear weights and biases, BatchNorm weight and bias.
+                  BatchNorm running statistics are buffers, not parameters.
+
+    summary = summarize(model)                    # at config.image_size
+    summary = summarize(model, image_size=160)    # or (height, width)
+    print(summary.format_table())
+    summary.total_macs, summary.total_params, summary.to_dict()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .configuration_utils import image_size_pair
+from .errors import ConfigError
+from .modeling_utils import ConvLayer
+
+SUMMARY_FORMAT = "mobilenet-np-summary"
+SUMMARY_FORMAT_VERSION = 1
+
+# BatchNorm tensors that are running statistics (buffers), not learned parameters.
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCost:
+    """One row of the table: a layer, what it produces and what it costs (for one image).
+
+    `output_shape` is (C, H, W) for feature maps and (num_labels,) for logits: the batch dimension
+    is left out. `params` counts every learned tensor of the layer, `batchnorm_params` the part of
+    it that is BatchNorm weight and bias. `used` is False for a layer whose output nothing reads
+    (the backbone's conv_1x1 under the DeepLab head): it is listed, but its MACs are not in the total.
+    """
+
+    name: str                        # state_dict prefix (or transformers module path) of the layer
+    op: str                          # conv, depthwise, pointwise, linear, global_avg_pool, upsample_bilinear, concat
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+    batchnorm_params: int = 0
+    kernel_size: int | None = None
+    stride: int | None = None
+    dilation: int | None = None
+    groups: int | None = None
+    used: bool = True
+
+    def describe_op(self) -> str:
+        """The op for people: 'depthwise 3x3 s2', 'pointwise 1x1', 'conv 3x3 s2 d2', 'linear'."""
+        if self.kernel_size is None:
+            return self.op
+        text = f"{self.op} {self.kernel_size}x{self.kernel_size}"
+        if self.stride != 1:
+            text += f" s{self.stride}"
+        if self.dilation != 1:
+            text += f" d{self.dilation}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["output_shape"] = list(self.output_shape)
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSummary:
+    """The per-layer costs of one network at one input size, with totals."""
+
+    architecture: str
+    input_shape: tuple[int, int, int]          # (C, H, W)
+    layers: tuple[LayerCost, ...]
+    config: dict[str, Any]
+
+    @property
+    def total_macs(self) -> int:
+        """Multiply-accumulates to compute the model's output for one image."""
+        return sum(layer.macs for layer in self.layers if layer.used)
+
+    @property
+    def total_params(self) -> int:
+        """Every learned parameter (= model.num_parameters())."""
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def total_batchnorm_params(self) -> int:
+        return sum(layer.batchnorm_params for layer in self.layers)
+
+    @property
+    def params_without_batchnorm(self) -> int:
+        """Conv and linear weights and biases only: the convention of the published MobileNet tables."""
+        return self.total_params - self.total_batchnorm_params
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document `mobilenet-np summary --json` prints (schema in docs/costs.md)."""
+        return {
+            "format": SUMMARY_FORMAT,
+            "format_version": SUMMARY_FORMAT_VERSION,
+            "architecture": self.architecture,
+            "input_shape": list(self.input_shape),
+            "config": self.config,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "totals": {
+                "macs": self.total_macs,
+                "params": self.total_params,
+                "batchnorm_params": self.total_batchnorm_params,
+                "params_without_batchnorm": self.params_without_batchnorm,
+            },
+        }
+
+    def totals_line(self) -> str:
+        """e.g. '300.8 M MACs, 3.54 M params'."""
+        return f"{self.total_macs / 1e6:.1f} M MACs, {self.total_params / 1e6:.2f} M params"
+
+    def format_table(self) -> str:
+        """An aligned text table: one row per layer, then the totals."""
+        header = ("layer", "op", "output", "params", "MACs")
+        rows = [(layer.name + ("" if layer.used else " *"), layer.describe_op(),
+                 "x".join(str(n) for n in layer.output_shape), f"{layer.params:,}", f"{layer.macs:,}")
+                for layer in self.layers]
+        total = ("total", "", "", f"{self.total_params:,}", f"{self.total_macs:,}")
+        widths = [max(len(row[i]) for row in [header, total, *rows]) for i in range(len(header))]
+        right_aligned = (False, False, False, True, True)
+
+        def line(row):
+            cells = [cell.rjust(w) if right else cell.ljust(w) for cell, w, right in zip(row, widths, right_aligned)]
+            return "  ".join(cells).rstrip()
+
+        rule = "  ".join("-" * w for w in widths)
+        c, h, w = self.input_shape
+        out = [f"{self.architecture}, input {c}x{h}x{w}", "", line(header), rule, *map(line, rows), rule, line(total), ""]
+        if not all(layer.used for layer in self.layers):
+            out.append("* output unused by the head (transformers computes it anyway); not in the MAC total")
+        out.append(f"{self.totals_line()} ({self.params_without_batchnorm / 1e6:.2f} M without BatchNorm "
+                   f"weight and bias, the convention of the published MobileNet tables)")
+        return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# rows
+# --------------------------------------------------------------------------------------------------
+
+def conv_cost(layer: ConvLayer, height: int, width: int) -> LayerCost:
+    """The cost of a ConvLayer applied to a (C_in, height, width) input."""
+    out_h, out_w = layer.output_size(height, width)
+    k = layer.kernel_size
+    macs = out_h * out_w * layer.out_channels * (layer.in_channels // layer.groups) * k * k
+    params = batchnorm = 0
+    for key, shape in layer.parameter_shapes().items():
+        if key.endswith(_BUFFER_SUFFIXES):
+            continue
+        size = _size(shape)
+        params += size
+        if ".normalization." in key:
+            batchnorm += size
+    return LayerCost(layer.name, layer.kind, (layer.out_channels, out_h, out_w), params, macs, batchnorm,
+                     kernel_size=k, stride=layer.stride, dilation=layer.dilation, groups=layer.groups)
+
+
+def _size(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _conv_chain(layers, channels_hw: tuple[int, int, int]) -> tuple[list[LayerCost], tuple[int, int, int]]:
+    """Rows of ConvLayers applied one after the other; returns them and the final (C, H, W)."""
+    rows = []
+    for layer in layers:
+        row = conv_cost(layer, *channels_hw[1:])
+        rows.append(row)
+        channels_hw = row.output_shape
+    return rows, channels_hw
+
+
+def _pool_row(name: str, shape: tuple[int, int, int]) -> LayerCost:
+    return LayerCost(name, "global_avg_pool", (shape[0], 1, 1), params=0, macs=0)
+
+
+def _classifier_row(in_features: int, num_labels: int) -> LayerCost:
+    """The linear classifier on the pooled features (weight (K, C) and bias (K,))."""
+    return LayerCost("classifier", "linear", (num_labels,), params=num_labels * in_features + num_labels,
+                     macs=num_labels * in_features)
+
+
+def _backbone_rows(backbone, input_shape) -> tuple[list[LayerCost], tuple[int, int, int]]:
+    """MobileNetV1Model / MobileNetV2Model rows (with the pooler when the model has one)."""
+    rows, shape = _conv_chain(backbone.conv_layers(), input_shape)
+    if backbone.add_pooling_layer:
+        rows.append(_pool_row(f"{backbone.prefix}pooler", shape))
+        shape = rows[-1].output_shape
+    return rows, shape
+
+
+def _classification_rows(model, backbone, input_shape) -> list[LayerCost]:
+    rows, shape = _backbone_rows(backbone, input_shape)
+    if model.config.num_labels > 0:  # no labels: transformers uses nn.Identity, the logits are the pooled features
+        rows.append(_classifier_row(shape[0], model.config.num_labels))
+    return rows
+
+
+def _segmentation_rows(model, input_shape) -> list[LayerCost]:
+    """DeepLabV3 head on the MobileNetV2 backbone (see deeplabv3.py for the picture)."""
+    backbone = model.mobilenet_v2
+    blocks = [layer for layer in backbone.conv_layers() if layer is not backbone.conv_1x1]
+    rows, features = _conv_chain(blocks, input_shape)                        # up to the last block
+    # transformers also runs the backbone's conv_1x1, but the head reads the last block's output.
+    conv_1x1 = conv_cost(backbone.conv_1x1, *features[1:])
+    rows.append(dataclasses.replace(conv_1x1, used=False))
+    _, h, w = features
+    rows.append(_pool_row("segmentation_head.avg_pool", features))
+    rows.append(conv_cost(model.conv_pool, 1, 1))
+    # From 1x1, bilinear upsampling with align_corners is a broadcast: no multiplies.
+    rows.append(LayerCost("segmentation_head.upsample", "upsample_bilinear", (model.conv_pool.out_channels, h, w), 0, 0))
+    rows.append(conv_cost(model.conv_aspp, h, w))
+    concat_channels = model.conv_pool.out_channels + model.conv_aspp.out_channels
+    rows.append(LayerCost("segmentation_head.concat", "concat", (concat_channels, h, w), 0, 0))
+    head_rows, _ = _conv_chain([model.conv_projection, model.classifier], (concat_channels, h, w))
+    return rows + head_rows
+
+
+def summarize(model, image_size: int | tuple[int, int] | list[int] | None = None) -> ModelSummary:
+    """The per-layer cost table of `model` for one (num_channels, H, W) image.
+
+    `image_size` is an int, a (height, width) pair, or None for `model.config.image_size`.
+    Works on any of the five architectures, with or without weights.
+    """
+    from .deeplabv3 import MobileNetV2ForSemanticSegmentation
+    from .mobilenet_v1 import MobileNetV1ForImageClassification, MobileNetV1Model
+    from .mobilenet_v2 import MobileNetV2ForImageClassification, MobileNetV2Model
+
+    config = model.config
+    height, width = _image_size(config.image_size if image_size is None else image_size)
+    input_shape = (config.num_channels, height, width)
+    if isinstance(model, (MobileNetV1Model, MobileNetV2Model)):
+        rows, _ = _backbone_rows(model, input_shape)
+    elif isinstance(model, MobileNetV1ForImageClassification):
+        rows = _classification_rows(model, model.mobilenet_v1, input_shape)
+    elif isinstance(model, MobileNetV2ForImageClassification):
+        rows = _classification_rows(model, model.mobilenet_v2, input_shape)
+    elif isinstance(model, MobileNetV2ForSemanticSegmentation):
+        rows = _segmentation_rows(model, input_shape)
+    else:
+        raise TypeError(f"summarize() takes a mobilenet_np model, got {type(model).__name__}")
+    config_dict = {k: v for k, v in config.to_dict().items() if k not in ("id2label", "label2id")}
+    return ModelSummary(type(model).__name__, input_shape, tuple(rows), config_dict)
+
+
+def _image_size(image_size) -> tuple[int, int]:
+    """(height, width) from an int or a pair, or a ConfigError."""
+    sizes = [image_size] if isinstance(image_size, int) else image_size
+    if (not isinstance(sizes, (list, tuple)) or len(sizes) not in (1, 2)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes)):
+        raise ConfigError(f"image_size must be a positive int or a (height, width) pair, got {image_size!r}")
+    return image_size_pair(list(sizes))
