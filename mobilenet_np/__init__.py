@@ -8,8 +8,10 @@
 from .deeplabv3 import MobileNetV2ForSemanticSegmentation
 from .errors import (ConfigError, ConversionError, ImageError, MobileNetError, OutputExistsError, ShapeError,
                      WeightsError)
+from .image_processing import MobileNetV1ImageProcessor, MobileNetV2ImageProcessor
 from .mobilenet_v1 import MobileNetV1Config, MobileNetV1ForImageClassification, MobileNetV1Model
 from .mobilenet_v2 import MobileNetV2Config, MobileNetV2ForImageClassification, MobileNetV2Model
+from .pipelines import pipeline
 from .weights import load
 
 __version__ = "0.1.0"
@@ -20,4 +22,5 @@ __all__ = [
     "MobileNetV2ForSemanticSegmentation", "load",
     "MobileNetError", "ShapeError", "ConfigError", "WeightsError", "ImageError", "ConversionError",
     "OutputExistsError",
+    "MobileNetV1ImageProcessor", "MobileNetV2ImageProcessor", "pipeline",
 ]

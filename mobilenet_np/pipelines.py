@@ -1,0 +1,144 @@
+"""Pipelines: image in, labels or masks out, in the format of transformers' pipelines.
+
+    classifier = mobilenet_np.pipeline("image-classification", model="mobilenet_v2_1.0_224.h5")
+    classifier("cat.png", top_k=3)        # [{"label": "tabby, tabby cat", "score": 0.71}, ...]
+    classifier(["a.png", "b.png"])        # one such list per image
+
+    segmenter = mobilenet_np.pipeline("image-segmentation", model="deeplabv3_mobilenet_v2_1.0_513.h5")
+    segmenter("bird.png")                 # [{"score": None, "label": "bird", "mask": <PIL image, mode L>}, ...]
+
+Each pipeline is: read the image (transformers' `load_image`: EXIF orientation, RGB) -> image
+processor -> network -> post-processing. The image processor is the one stored in the weights file
+(model.metadata["image_processor"], the checkpoint's preprocessor_config.json), else the defaults
+of the architecture with the crop at config.image_size and the shortest edge 32 pixels longer (the
+rule every published MobileNet / DeepLab checkpoint follows: 224 -> 256, 192 -> 224, 513 -> 545).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from . import ops
+from .configuration_utils import image_size_pair
+from .errors import ConfigError
+from .image_processing import MobileNetV1ImageProcessor, MobileNetV2ImageProcessor, load_image
+from .modeling_utils import SemanticSegmenterOutput
+
+
+def image_processor_for(model) -> MobileNetV1ImageProcessor:
+    """The image processor of a model: the stored preprocessor config, else defaults from model.config."""
+    cls = MobileNetV1ImageProcessor if type(model).__name__.startswith("MobileNetV1") else MobileNetV2ImageProcessor
+    stored = (getattr(model, "metadata", None) or {}).get("image_processor") or {}
+    if stored:
+        return cls.from_dict(stored)
+    height, width = image_size_pair(model.config.image_size)
+    return cls(size={"shortest_edge": min(height, width) + 32}, crop_size={"height": height, "width": width})
+
+
+class Pipeline:
+    """A model, its image processor, and the pre/post-processing of one task. Call it on images."""
+
+    task: ClassVar[str] = ""
+    architecture_suffix: ClassVar[str] = ""   # the model classes this task runs, e.g. "ForImageClassification"
+
+    def __init__(self, model, image_processor: MobileNetV1ImageProcessor | None = None):
+        if not type(model).__name__.endswith(self.architecture_suffix):
+            raise ConfigError(f"task {self.task!r} needs a *{self.architecture_suffix} model, got a "
+                              f"{type(model).__name__}")
+        self.model = model
+        self.image_processor = image_processor or image_processor_for(model)
+
+    def __call__(self, inputs, **kwargs):
+        """One image -> its result; a list of images -> a list of results (as transformers)."""
+        if isinstance(inputs, (list, tuple)):
+            return [self.run_one(image, **kwargs) for image in inputs]
+        return self.run_one(inputs, **kwargs)
+
+    def run_one(self, image, **kwargs):
+        raise NotImplementedError
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return self.model.config.id2label
+
+
+class ImageClassificationPipeline(Pipeline):
+    """Image -> [{"label", "score"}] for the top_k classes, best first (transformers' format)."""
+
+    task = "image-classification"
+    architecture_suffix = "ForImageClassification"
+
+    def scores(self, image, function_to_apply: str | None = None) -> np.ndarray:
+        """The (num_labels,) class scores of one image (softmax by default; sigmoid for a single label)."""
+        if not isinstance(image, np.ndarray):  # arrays go to the processor as they are, as in transformers
+            image = load_image(image)
+        pixel_values = self.image_processor(image)["pixel_values"]           # (1, 3, H, W)
+        logits = self.model(pixel_values).logits[0]                           # (num_labels,)
+        function = function_to_apply or ("sigmoid" if len(logits) == 1 else "softmax")
+        if function == "softmax":
+            return ops.softmax(logits)
+        if function == "sigmoid":
+            return 1.0 / (1.0 + np.exp(-logits))
+        if function == "none":
+            return logits
+        raise ConfigError(f"function_to_apply must be 'softmax', 'sigmoid' or 'none', got {function_to_apply!r}")
+
+    def run_one(self, image, top_k: int | None = 5, function_to_apply: str | None = None) -> list[dict[str, Any]]:
+        scores = self.scores(image, function_to_apply)
+        return [{"label": self.id2label[i], "score": float(scores[i])} for i in ranked_classes(scores, top_k)]
+
+
+def ranked_classes(scores: np.ndarray, top_k: int | None) -> list[int]:
+    """Class ids by decreasing score (ties: lower id first, as transformers' stable sort); the first top_k.
+
+    top_k None keeps every class; a top_k above the number of classes is the number of classes.
+    """
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ConfigError(f"top_k must be a positive int, got {top_k!r}")
+    order = np.argsort(-scores, kind="stable")
+    return [int(i) for i in order[:top_k]]
+
+
+class ImageSegmentationPipeline(Pipeline):
+    """Image -> one {"score": None, "label", "mask"} per class present; mask: mode "L", 255 on the class."""
+
+    task = "image-segmentation"
+    architecture_suffix = "ForSemanticSegmentation"
+
+    def class_map(self, image) -> np.ndarray:
+        """The (H, W) int64 class id of every pixel of an image (path or PIL image), at the image's own size."""
+        image = load_image(image)
+        pixel_values = self.image_processor(image)["pixel_values"]           # (1, 3, H', W')
+        logits = self.model(pixel_values).logits                              # (1, num_labels, h, w)
+        outputs = SemanticSegmenterOutput(logits=logits)
+        return self.image_processor.post_process_semantic_segmentation(outputs, [(image.height, image.width)])[0]
+
+    def run_one(self, image) -> list[dict[str, Any]]:
+        from PIL import Image
+        class_map = self.class_map(image)
+        return [{"score": None, "label": self.id2label[int(c)],
+                 "mask": Image.fromarray(np.where(class_map == c, 255, 0).astype(np.uint8))}  # mode "L"
+                for c in np.unique(class_map)]
+
+
+TASKS: dict[str, type[Pipeline]] = {
+    ImageClassificationPipeline.task: ImageClassificationPipeline,
+    ImageSegmentationPipeline.task: ImageSegmentationPipeline,
+}
+
+
+def pipeline(task: str, model, image_processor: MobileNetV1ImageProcessor | None = None) -> Pipeline:
+    """A pipeline for `task` ("image-classification" or "image-segmentation").
+
+    `model`: a weights file path or a loaded mobilenet_np model. `image_processor`: overrides the
+    processor stored with the weights.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}, expected one of {sorted(TASKS)}")
+    if isinstance(model, (str, Path)):
+        from .weights import load
+        model = load(model)
+    return TASKS[task](model, image_processor)
