@@ -46,7 +46,8 @@ class Pipeline:
 
     def __init__(self, model, image_processor: MobileNetV1ImageProcessor | None = None):
         if not type(model).__name__.endswith(self.architecture_suffix):
-            raise ConfigError(f"task {self.task!r} needs a *{self.architecture_suffix} model, got a "
+            source = (getattr(model, "metadata", None) or {}).get("path", "model")
+            raise ConfigError(f"{source}: task {self.task!r} needs a *{self.architecture_suffix} model, got a "
                               f"{type(model).__name__}")
         self.model = model
         self.image_processor = image_processor or image_processor_for(model)
