@@ -124,21 +124,16 @@ class ModelSummary:
 
     def format_table(self) -> str:
         """An aligned text table: one row per layer, then the totals."""
-        header = ("layer", "op", "output", "params", "MACs")
+        from .cli.common import format_table
+
         rows = [(layer.name + ("" if layer.used else " *"), layer.describe_op(),
                  "x".join(str(n) for n in layer.output_shape), f"{layer.params:,}", f"{layer.macs:,}")
                 for layer in self.layers]
         total = ("total", "", "", f"{self.total_params:,}", f"{self.total_macs:,}")
-        widths = [max(len(row[i]) for row in [header, total, *rows]) for i in range(len(header))]
-        right_aligned = (False, False, False, True, True)
-
-        def line(row):
-            cells = [cell.rjust(w) if right else cell.ljust(w) for cell, w, right in zip(row, widths, right_aligned)]
-            return "  ".join(cells).rstrip()
-
-        rule = "  ".join("-" * w for w in widths)
+        lines = format_table(("layer", "op", "output", "params", "MACs"), rows + [total], align="lllrr").split("\n")
+        lines.insert(-1, lines[1])  # the header's rule again, above the totals
         c, h, w = self.input_shape
-        out = [f"{self.architecture}, input {c}x{h}x{w}", "", line(header), rule, *map(line, rows), rule, line(total), ""]
+        out = [f"{self.architecture}, input {c}x{h}x{w}", "", *lines, ""]
         if not all(layer.used for layer in self.layers):
             out.append("* output unused by the head (transformers computes it anyway); not in the MAC total")
         out.append(f"{self.totals_line()} ({self.params_without_batchnorm / 1e6:.2f} M without BatchNorm "

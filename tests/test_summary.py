@@ -301,6 +301,18 @@ def test_cli_weights_file(tmp_path, capsys):
     assert doc["totals"]["macs"] == summarize(model).total_macs
 
 
+def test_cli_hub_model_id_goes_through_the_shared_loader(tmp_path, monkeypatch, capsys):
+    """--model HUB_ID resolves like the other commands (mobilenet_np.hub); the Hub is offline here."""
+    model = build("MobileNetV1ForImageClassification", depth_multiplier=0.25, num_labels=3, image_size=64)
+    path = tmp_path / "cached.h5"
+    model.save_pretrained(path)
+    asked = []
+    monkeypatch.setattr("mobilenet_np.hub.resolve", lambda model_id: asked.append(model_id) or path)
+    assert main(["summary", "--model", "google/mobilenet_v1_0.25_64", "--json"]) == 0
+    assert asked == ["google/mobilenet_v1_0.25_64"]
+    assert json.loads(capsys.readouterr().out)["totals"]["macs"] == summarize(model).total_macs
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--arch", "mobilenet_v2", "--depth-multiplier", "0"], "depth_multiplier"),
     (["--arch", "mobilenet_v1", "--depth-multiplier", "-1"], "depth_multiplier"),
@@ -310,6 +322,7 @@ def test_cli_weights_file(tmp_path, capsys):
     (["--arch", "mobilenet_v2", "--image-size", "0"], "image_size"),
     (["--weights", "does-not-exist.h5"], "does-not-exist.h5"),
     (["--weights", "does-not-exist.h5", "--depth-multiplier", "0.5"], "--depth-multiplier"),
+    (["--model", "not a hub id"], "not a hub id"),
 ])
 def test_cli_bad_arguments_give_one_line(capsys, argv, message):
     assert main(["summary", *argv]) == 2

@@ -4,6 +4,7 @@
     mobilenet-np summary --arch mobilenet_v1 --depth-multiplier 0.5 --image-size 160
     mobilenet-np summary --arch deeplabv3_mobilenet_v2 --image-size 513 --output-stride 16 --json
     mobilenet-np summary --weights mobilenet_v2_1.0_224.h5
+    mobilenet-np summary --model google/mobilenet_v2_1.0_224
 
 The counting convention and the --json schema are in docs/costs.md.
 """
@@ -11,9 +12,9 @@ The counting convention and the --json schema are in docs/costs.md.
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..errors import ConfigError
+from .common import add_output_arguments, load_model, print_json
 
 # --arch name -> (model class name, config class name, config defaults). ImageNet classifiers have
 # 1001 labels (index 0 = background), as the published checkpoints; DeepLab has the 21 Pascal VOC
@@ -50,27 +51,31 @@ def register(subparsers) -> None:
         "summary", help="per-layer shapes, parameters and multiply-accumulates",
         description="Per-layer table of a network: name (as in the state_dict), op, output shape, "
                     "parameters and multiply-accumulates (MACs), with totals. See docs/costs.md.")
+    # The --weights / --model pair of the other commands (cli/common.py), plus a third choice, --arch:
+    # a summary needs only the architecture, no weights.
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--weights", metavar="FILE.h5", help="a mobilenet-np weights file (its stored architecture)")
+    source.add_argument("--model", metavar="HUB_ID", help="a Hugging Face Hub id, converted once and cached "
+                                                          "(as for the other commands)")
     source.add_argument("--arch", choices=sorted(ARCHITECTURES), help="an architecture built from its config")
     for flag, field, kind, metavar in ARCH_OPTIONS:
         parser.add_argument(flag, type=kind, dest=field, metavar=metavar, help=f"config.{field} (with --arch)")
     parser.add_argument("--image-size", type=parse_image_size, metavar="N|HxW",
                         help="input size (default: config.image_size)")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON (schema in docs/costs.md)")
+    add_output_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def build_model(args):
-    """The model the arguments describe: from a weights file or from --arch and its options."""
+    """The model the arguments describe: from --weights / --model, or from --arch and its options."""
     import mobilenet_np
 
     overrides = {field: getattr(args, field) for _, field, _, _ in ARCH_OPTIONS if getattr(args, field) is not None}
-    if args.weights is not None:
+    if args.arch is None:
         if overrides:
             flags = ", ".join(flag for flag, field, _, _ in ARCH_OPTIONS if field in overrides)
             raise ConfigError(f"{flags}: only with --arch (a weights file fixes the architecture)")
-        return mobilenet_np.load(args.weights)
+        return load_model(args)
     class_name, config_name, defaults = ARCHITECTURES[args.arch]
     if "output_stride" in overrides and args.arch == "mobilenet_v1":
         raise ConfigError("--output-stride: mobilenet_v1 has no output stride option (mobilenet_v2 and deeplab have)")
@@ -86,7 +91,7 @@ def run(args) -> int:
 
     summary = summarize(build_model(args), args.image_size)
     if args.json:
-        print(json.dumps(summary.to_dict(), indent=2))
+        print_json(summary.to_dict())
     else:
         print(summary.format_table())
     return 0
