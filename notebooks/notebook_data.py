@@ -22,19 +22,23 @@ import mobilenet_np
 NOTEBOOKS = Path(__file__).resolve().parent
 SHARED_DATA = Path(os.environ.get("MOBILENET_NP_SHARED_DATA", NOTEBOOKS.parent.parent / "shared" / "data"))
 
-# The real checkpoints the notebooks use, in ../shared/data (see SOURCES.md there), and the
-# architecture each one has, so that a random stand-in has the same shapes.
+# The real checkpoints the notebooks use, in ../shared/data (see SOURCES.md there): the file, its
+# label file, and the architecture it has, so that a random stand-in has the same shapes.
 CHECKPOINTS = {
+    "keras_mobilenet_v1_0.25_224": dict(
+        file="weights/keras/mobilenet_v1_0.25_224.h5", labels="labels/imagenet_labels.txt",
+        architecture="MobileNetV1ForImageClassification",
+        config=dict(depth_multiplier=0.25, image_size=224, num_labels=1000)),
     "mobilenet_v1_0.5_160": dict(
-        file="weights/tflite/mobilenet_v1_0.5_160_quant.tflite",
+        file="weights/tflite/mobilenet_v1_0.5_160_quant.tflite", labels="labels/imagenet_labels.txt",
         architecture="MobileNetV1ForImageClassification",
         config=dict(depth_multiplier=0.5, image_size=160, num_labels=1001)),
     "mobilenet_v2_1.0_224": dict(
-        file="weights/tflite/mobilenet_v2_1.0_224_quant.tflite",
+        file="weights/tflite/mobilenet_v2_1.0_224_quant.tflite", labels="labels/imagenet_labels.txt",
         architecture="MobileNetV2ForImageClassification",
         config=dict(depth_multiplier=1.0, image_size=224, num_labels=1001)),
     "deeplabv3_mnv2_pascal": dict(
-        file="weights/tflite/deeplabv3_mnv2_pascal_quant.tflite",
+        file="weights/tflite/deeplabv3_mnv2_pascal_quant.tflite", labels="labels/pascal_voc_segmentation_labels.txt",
         architecture="MobileNetV2ForSemanticSegmentation",
         config=dict(depth_multiplier=1.0, image_size=513, output_stride=16, num_labels=21)),
 }
@@ -79,7 +83,8 @@ def load_checkpoint(name: str, workdir: str | Path | None = None) -> Checkpoint:
     elif not (data / spec["file"]).is_file():
         reason = f"{data / spec['file']} is absent"
     else:
-        imported = _import_file(data / spec["file"], Path(workdir or tempfile.mkdtemp(prefix="mobilenet_np_")))
+        labels = data / spec["labels"] if (data / spec["labels"]).is_file() else None
+        imported = _import_file(data / spec["file"], labels, Path(workdir or tempfile.mkdtemp(prefix="mobilenet_np_")))
         if isinstance(imported, str):
             reason = imported
         else:
@@ -88,7 +93,7 @@ def load_checkpoint(name: str, workdir: str | Path | None = None) -> Checkpoint:
     return Checkpoint(model, False, f"{name} architecture, seed 0; {reason}")
 
 
-def _import_file(path: Path, workdir: Path):
+def _import_file(path: Path, labels: Path | None, workdir: Path):
     """Import a TFLite or Keras file into workdir and load it; a string saying why not on failure."""
     try:
         if path.suffix == ".tflite":
@@ -98,8 +103,21 @@ def _import_file(path: Path, workdir: Path):
     except ImportError as e:
         return f"the weights_tools importer is not available ({e})"
     out = workdir / (path.stem + ".h5")
-    importer(path, out)
+    importer(path, out, labels=labels)
     return mobilenet_np.load(out)
+
+
+def transformers_twin(model):
+    """The transformers (PyTorch) model with the same architecture, config and weights as `model`."""
+    import torch
+    import transformers
+
+    architecture = type(model).__name__
+    torch_class = getattr(transformers, architecture)
+    config = torch_class.config_class.from_dict(model.config.to_dict())
+    torch_model = torch_class(config).eval()
+    torch_model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in model.state_dict().items()})
+    return torch_model
 
 
 # --------------------------------------------------------------------------------------------------
