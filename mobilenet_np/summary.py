@@ -21,6 +21,7 @@ it reproduces the published MobileNet V1 and V2 figures):
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from .configuration_utils import image_size_pair
@@ -154,19 +155,12 @@ def conv_cost(layer: ConvLayer, height: int, width: int) -> LayerCost:
     for key, shape in layer.parameter_shapes().items():
         if key.endswith(_BUFFER_SUFFIXES):
             continue
-        size = _size(shape)
+        size = math.prod(shape)
         params += size
         if ".normalization." in key:
             batchnorm += size
     return LayerCost(layer.name, layer.kind, (layer.out_channels, out_h, out_w), params, macs, batchnorm,
                      kernel_size=k, stride=layer.stride, dilation=layer.dilation, groups=layer.groups)
-
-
-def _size(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _conv_chain(layers, channels_hw: tuple[int, int, int]) -> tuple[list[LayerCost], tuple[int, int, int]]:
@@ -183,10 +177,12 @@ def _pool_row(name: str, shape: tuple[int, int, int]) -> LayerCost:
     return LayerCost(name, "global_avg_pool", (shape[0], 1, 1), params=0, macs=0)
 
 
-def _classifier_row(in_features: int, num_labels: int) -> LayerCost:
-    """The linear classifier on the pooled features (weight (K, C) and bias (K,))."""
-    return LayerCost("classifier", "linear", (num_labels,), params=num_labels * in_features + num_labels,
-                     macs=num_labels * in_features)
+def _classifier_row(model) -> LayerCost:
+    """The linear classifier on the pooled features: weight (K, C) and bias (K,), one MAC per weight."""
+    shapes = model.parameter_shapes()
+    num_labels, in_features = shapes["classifier.weight"]
+    return LayerCost("classifier", "linear", (num_labels,), params=math.prod(shapes["classifier.weight"]) +
+                     math.prod(shapes["classifier.bias"]), macs=num_labels * in_features)
 
 
 def _backbone_rows(backbone, input_shape) -> tuple[list[LayerCost], tuple[int, int, int]]:
@@ -199,9 +195,9 @@ def _backbone_rows(backbone, input_shape) -> tuple[list[LayerCost], tuple[int, i
 
 
 def _classification_rows(model, backbone, input_shape) -> list[LayerCost]:
-    rows, shape = _backbone_rows(backbone, input_shape)
+    rows, _ = _backbone_rows(backbone, input_shape)
     if model.config.num_labels > 0:  # no labels: transformers uses nn.Identity, the logits are the pooled features
-        rows.append(_classifier_row(shape[0], model.config.num_labels))
+        rows.append(_classifier_row(model))
     return rows
 
 
