@@ -2,9 +2,11 @@
 
 Real data lives beside the checkout, in ../shared/data (set MOBILENET_NP_SHARED_DATA to use another
 folder). When it is there, a notebook imports a real TFLite or Keras checkpoint into a temporary folder
-with weights_tools and loads it with mobilenet_np. When it is not, the notebook falls back to random
-weights (and a synthetic image), and says loudly that its predictions mean nothing: everything that
-compares mobilenet_np with PyTorch still holds, since both get the same random weights.
+with weights_tools and loads it with mobilenet_np. When it is not, the notebook tries the Hugging Face
+Hub (mobilenet_np.hub: download and convert a published transformers checkpoint, once, into the
+mobilenet-np cache). When that fails too (offline), it falls back to random weights (and a synthetic
+image), and says loudly that its predictions mean nothing: everything that compares mobilenet_np with
+PyTorch still holds, since both get the same random weights.
 """
 
 from __future__ import annotations
@@ -23,22 +25,27 @@ NOTEBOOKS = Path(__file__).resolve().parent
 SHARED_DATA = Path(os.environ.get("MOBILENET_NP_SHARED_DATA", NOTEBOOKS.parent.parent / "shared" / "data"))
 
 # The real checkpoints the notebooks use, in ../shared/data (see SOURCES.md there): the file, its
-# label file, and the architecture it has, so that a random stand-in has the same shapes.
+# label file, the closest published transformers checkpoint on the Hub, and the architecture of the
+# file, so that a random stand-in has the same shapes.
 CHECKPOINTS = {
     "keras_mobilenet_v1_0.25_224": dict(
         file="weights/keras/mobilenet_v1_0.25_224.h5", labels="labels/imagenet_labels.txt",
+        hub="google/mobilenet_v1_0.75_192",
         architecture="MobileNetV1ForImageClassification",
         config=dict(depth_multiplier=0.25, image_size=224, num_labels=1000)),
     "mobilenet_v1_0.5_160": dict(
         file="weights/tflite/mobilenet_v1_0.5_160_quant.tflite", labels="labels/imagenet_labels.txt",
+        hub="google/mobilenet_v1_0.75_192",
         architecture="MobileNetV1ForImageClassification",
         config=dict(depth_multiplier=0.5, image_size=160, num_labels=1001)),
     "mobilenet_v2_1.0_224": dict(
         file="weights/tflite/mobilenet_v2_1.0_224_quant.tflite", labels="labels/imagenet_labels.txt",
+        hub="google/mobilenet_v2_1.0_224",
         architecture="MobileNetV2ForImageClassification",
         config=dict(depth_multiplier=1.0, image_size=224, num_labels=1001)),
     "deeplabv3_mnv2_pascal": dict(
         file="weights/tflite/deeplabv3_mnv2_pascal_quant.tflite", labels="labels/pascal_voc_segmentation_labels.txt",
+        hub="google/deeplabv3_mobilenet_v2_1.0_513",
         architecture="MobileNetV2ForSemanticSegmentation",
         config=dict(depth_multiplier=1.0, image_size=513, output_stride=16, num_labels=21)),
 }
@@ -71,26 +78,32 @@ def random_model(architecture: str, seed: int = 0, **config):
 
 
 def load_checkpoint(name: str, workdir: str | Path | None = None) -> Checkpoint:
-    """The real checkpoint `name` (a key of CHECKPOINTS) imported with weights_tools, else random weights.
+    """Real weights for CHECKPOINTS[name]: the shared-data file, else the Hub, else random weights.
 
-    The import writes a mobilenet-np HDF5 file into `workdir` (a fresh temporary folder by default)
-    and loads it: the same two steps a user runs on the command line.
+    The shared-data file is imported with weights_tools into `workdir` (a fresh temporary folder by
+    default) and loaded: the same two steps a user runs on the command line. The model's
+    `metadata["image_processor"]` then says how its images must be prepared.
     """
     spec = CHECKPOINTS[name]
     data = shared_data()
+    reasons = []
     if data is None:
-        reason = f"{SHARED_DATA} is absent"
+        reasons.append(f"{SHARED_DATA} is absent")
     elif not (data / spec["file"]).is_file():
-        reason = f"{data / spec['file']} is absent"
+        reasons.append(f"{data / spec['file']} is absent")
     else:
         labels = data / spec["labels"] if (data / spec["labels"]).is_file() else None
         imported = _import_file(data / spec["file"], labels, Path(workdir or tempfile.mkdtemp(prefix="mobilenet_np_")))
-        if isinstance(imported, str):
-            reason = imported
-        else:
+        if not isinstance(imported, str):
             return Checkpoint(imported, True, f"{spec['file']} imported with weights_tools")
+        reasons.append(imported)
+    try:
+        from mobilenet_np import hub
+        return Checkpoint(mobilenet_np.load(hub.resolve(spec["hub"])), True, f"{spec['hub']} from the Hugging Face Hub")
+    except mobilenet_np.MobileNetError as e:
+        reasons.append(str(e).split(";")[0])
     model = random_model(spec["architecture"], **spec["config"])
-    return Checkpoint(model, False, f"{name} architecture, seed 0; {reason}")
+    return Checkpoint(model, False, f"{name} architecture, seed 0; " + "; ".join(reasons))
 
 
 def _import_file(path: Path, labels: Path | None, workdir: Path):
