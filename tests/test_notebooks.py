@@ -59,9 +59,10 @@ def test_notebook_runs(name):
 
 @pytest.mark.parametrize("name", USES_REAL_WEIGHTS)
 def test_notebook_runs_without_shared_data(name, tmp_path, monkeypatch):
-    # The kernel inherits this environment: no shared data and no network.
+    # The kernel inherits this environment: no shared data, no network, an empty cache of Hub weights.
     monkeypatch.setenv("MOBILENET_NP_SHARED_DATA", str(tmp_path / "absent"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MOBILENET_NP_CACHE", str(tmp_path / "cache"))
     nb = build.execute(copy.deepcopy(read_committed(name)), timeout=CELL_TIMEOUT)
     assert not [o for o in outputs(nb) if o.output_type == "error"]
     assert "RANDOM WEIGHTS" in printed_text(nb), f"{name} does not tell the reader that its weights are random"
