@@ -239,9 +239,9 @@ def test_deeplab_segments_the_bird(imported, shared_data, name):
 def build_tflite(tensors: list[dict], operators: list[dict], inputs: list[int], outputs: list[int]) -> bytes:
     """A one-subgraph TFLite flatbuffer.
 
-    tensors: dicts with name, shape, type (tflite.TensorType), optional data (constants), scale,
-    zero_point, axis. operators: dicts with code (tflite.BuiltinOperator), inputs, outputs and
-    options = (options table name, {field: value}).
+    tensors: dicts with name, shape, type (tflite.TensorType), optional data (constants), and for
+    quantized tensors scale, zero_point, axis. operators: dicts with code (tflite.BuiltinOperator),
+    inputs, outputs and options = (options table name, {field: value}) if the op has options.
     """
     b = flatbuffers.Builder(1024)
     int_vector = lambda values: b.CreateNumpyVector(np.asarray(values, np.int32))  # noqa: E731
@@ -262,19 +262,22 @@ def build_tflite(tensors: list[dict], operators: list[dict], inputs: list[int], 
     tensor_offsets = []
     for i, t in enumerate(tensors):
         name, shape = b.CreateString(t["name"]), int_vector(t["shape"])
-        scale = b.CreateNumpyVector(np.asarray(t["scale"], np.float32))
-        zero_point = b.CreateNumpyVector(np.asarray(t["zero_point"], np.int64))
-        tflite.QuantizationParametersStart(b)
-        tflite.QuantizationParametersAddScale(b, scale)
-        tflite.QuantizationParametersAddZeroPoint(b, zero_point)
-        tflite.QuantizationParametersAddQuantizedDimension(b, t.get("axis", 0))
-        quantization = tflite.QuantizationParametersEnd(b)
+        quantization = None
+        if t.get("scale") is not None:
+            scale = b.CreateNumpyVector(np.asarray(t["scale"], np.float32))
+            zero_point = b.CreateNumpyVector(np.asarray(t["zero_point"], np.int64))
+            tflite.QuantizationParametersStart(b)
+            tflite.QuantizationParametersAddScale(b, scale)
+            tflite.QuantizationParametersAddZeroPoint(b, zero_point)
+            tflite.QuantizationParametersAddQuantizedDimension(b, t.get("axis", 0))
+            quantization = tflite.QuantizationParametersEnd(b)
         tflite.TensorStart(b)
         tflite.TensorAddShape(b, shape)
         tflite.TensorAddType(b, t["type"])
         tflite.TensorAddBuffer(b, i + 1 if t.get("data") is not None else 0)
         tflite.TensorAddName(b, name)
-        tflite.TensorAddQuantization(b, quantization)
+        if quantization is not None:
+            tflite.TensorAddQuantization(b, quantization)
         tensor_offsets.append(tflite.TensorEnd(b))
     codes = sorted({op["code"] for op in operators})
     code_offsets = []
@@ -286,18 +289,20 @@ def build_tflite(tensors: list[dict], operators: list[dict], inputs: list[int], 
         code_offsets.append(tflite.OperatorCodeEnd(b))
     operator_offsets = []
     for op in operators:
-        table, fields = op["options"]
-        getattr(tflite, f"{table}Start")(b)
-        for field, value in fields.items():
-            getattr(tflite, f"{table}Add{field}")(b, value)
-        options = getattr(tflite, f"{table}End")(b)
+        table, fields = op.get("options") or (None, {})
+        if table is not None:
+            getattr(tflite, f"{table}Start")(b)
+            for field, value in fields.items():
+                getattr(tflite, f"{table}Add{field}")(b, value)
+            options = getattr(tflite, f"{table}End")(b)
         op_inputs, op_outputs = int_vector(op["inputs"]), int_vector(op["outputs"])
         tflite.OperatorStart(b)
         tflite.OperatorAddOpcodeIndex(b, codes.index(op["code"]))
         tflite.OperatorAddInputs(b, op_inputs)
         tflite.OperatorAddOutputs(b, op_outputs)
-        tflite.OperatorAddBuiltinOptionsType(b, getattr(tflite.BuiltinOptions, table))
-        tflite.OperatorAddBuiltinOptions(b, options)
+        if table is not None:
+            tflite.OperatorAddBuiltinOptionsType(b, getattr(tflite.BuiltinOptions, table))
+            tflite.OperatorAddBuiltinOptions(b, options)
         operator_offsets.append(tflite.OperatorEnd(b))
     tensor_vector = table_vector(tflite.SubGraphStartTensorsVector, tensor_offsets)
     operator_vector = table_vector(tflite.SubGraphStartOperatorsVector, operator_offsets)
@@ -321,6 +326,9 @@ def build_tflite(tensors: list[dict], operators: list[dict], inputs: list[int], 
     return bytes(b.Output())
 
 
+SAME_CONV = dict(Padding=0, StrideH=1, StrideW=1, DilationHFactor=1, DilationWFactor=1, FusedActivationFunction=0)
+
+
 def per_channel_graph(rng) -> bytes:
     """int8 input (1, 8, 8, 3) -> CONV_2D 3x3 (6 channels) -> DEPTHWISE_CONV_2D 3x3, weights int8 per channel."""
     int8, int32 = tflite.TensorType.INT8, tflite.TensorType.INT32
@@ -339,10 +347,9 @@ def per_channel_graph(rng) -> bytes:
              scale=middle_scale * depthwise_scale, zero_point=np.zeros(6)),
         dict(name="y", shape=(1, 8, 8, 6), type=int8, scale=[y_scale], zero_point=[2]),
     ]
-    same = dict(Padding=0, StrideH=1, StrideW=1, DilationHFactor=1, DilationWFactor=1, FusedActivationFunction=0)
-    operators = [dict(code=tflite.BuiltinOperator.CONV_2D, inputs=[0, 1, 2], outputs=[3], options=("Conv2DOptions", same)),
+    operators = [dict(code=tflite.BuiltinOperator.CONV_2D, inputs=[0, 1, 2], outputs=[3], options=("Conv2DOptions", SAME_CONV)),
                  dict(code=tflite.BuiltinOperator.DEPTHWISE_CONV_2D, inputs=[3, 4, 5], outputs=[6],
-                      options=("DepthwiseConv2DOptions", dict(same, DepthMultiplier=1)))]
+                      options=("DepthwiseConv2DOptions", dict(SAME_CONV, DepthMultiplier=1)))]
     return build_tflite(tensors, operators, [0], [6])
 
 
@@ -366,6 +373,46 @@ def test_per_channel_int8_weights_reproduce_the_interpreter(tmp_path):
         assert np.mean((ours < low) | (ours > high)) < 0.05  # hardly any saturation, so values are compared
         # the interpreter rounds its output to a step: within one step (rounding + fixed-point rescaling)
         assert np.abs(np.clip(ours, low, high) - expected).max() <= step, layer.op.kind
+
+
+def test_float16_weights_behind_dequantize_reproduce_the_interpreter(tmp_path):
+    """float16 weights -> DEQUANTIZE -> CONV_2D (how float16-quantized files store weights)."""
+    rng = np.random.default_rng(2)
+    f16, f32 = tflite.TensorType.FLOAT16, tflite.TensorType.FLOAT32
+    tensors = [dict(name="x", shape=(1, 6, 6, 3), type=f32),
+               dict(name="weight16", shape=(4, 3, 3, 3), type=f16, data=rng.normal(size=(4, 3, 3, 3)).astype(np.float16)),
+               dict(name="weight", shape=(4, 3, 3, 3), type=f32),
+               dict(name="bias", shape=(4,), type=f32, data=rng.normal(size=4).astype(np.float32)),
+               dict(name="y", shape=(1, 6, 6, 4), type=f32)]
+    operators = [dict(code=tflite.BuiltinOperator.DEQUANTIZE, inputs=[1], outputs=[2]),
+                 dict(code=tflite.BuiltinOperator.CONV_2D, inputs=[0, 2, 3], outputs=[4], options=("Conv2DOptions", SAME_CONV))]
+    path = tmp_path / "float16.tflite"
+    path.write_bytes(build_tflite(tensors, operators, [0], [4]))
+    x = rng.normal(size=(1, 6, 6, 3)).astype(np.float32)
+    it = interpreter(path)
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+
+    graph = read_graph(path)
+    conv = conv_from_op(graph, graph.ops[1])
+    ours = ops.conv2d(ops.pad_tf_same(x.transpose(0, 3, 1, 2), 3, 1), conv.weight, conv.bias)
+    expected = it.get_tensor(it.get_output_details()[0]["index"]).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(ours, expected, atol=1e-5 * np.sqrt(27) * max(1.0, np.abs(expected).max()), rtol=0)
+
+
+@pytest.mark.parametrize("zero_point, scale, expected", [(0, 6 / 255, "relu6"), (0, 10 / 255, None), (10, 6 / 255, None)])
+def test_relu6_implied_by_a_0_to_6_output_range(tmp_path, zero_point, scale, expected):
+    uint8, int32 = tflite.TensorType.UINT8, tflite.TensorType.INT32
+    tensors = [dict(name="x", shape=(1, 4, 4, 2), type=uint8, scale=[0.05], zero_point=[128]),
+               dict(name="weight", shape=(2, 1, 1, 2), type=uint8, data=np.full((2, 1, 1, 2), 130, np.uint8),
+                    scale=[0.01], zero_point=[128]),
+               dict(name="bias", shape=(2,), type=int32, data=np.zeros(2, np.int32), scale=[0.0005], zero_point=[0]),
+               dict(name="y", shape=(1, 4, 4, 2), type=uint8, scale=[scale], zero_point=[zero_point])]
+    operators = [dict(code=tflite.BuiltinOperator.CONV_2D, inputs=[0, 1, 2], outputs=[3], options=("Conv2DOptions", SAME_CONV))]
+    path = tmp_path / "conv.tflite"
+    path.write_bytes(build_tflite(tensors, operators, [0], [3]))
+    graph = read_graph(path)
+    assert conv_from_op(graph, graph.ops[0]).activation == expected
 
 
 def test_dequantize_per_tensor_and_per_channel():

@@ -20,7 +20,7 @@ What a TF-slim / TF DeepLab graph converted to TFLite looks like, and how it map
 * Padding: TFLite "SAME" = TensorFlow "SAME" = transformers' tf_padding, including dilated depthwise
   convs with stride 1 (both pad `dilation` on each side). Activations are fused into the convs
   (RELU6 in the backbone, RELU in the DeepLab head); a quantized conv without a fused RELU6 whose
-  output range is exactly [0, 6] is accepted as ReLU6, since the quantization clamps it.
+  output range is exactly [0, 6] is taken as ReLU6, since the quantization clamps it.
 
 The architecture, width multiplier, input size, output stride (product of the strides; later strides
 are dilations) and class count come from the graph; the config is the one whose shapes match
@@ -285,7 +285,11 @@ def conv_from_op(graph: Graph, op: Op) -> Conv:
 
 
 def _activation(graph: Graph, op: Op) -> str | None:
-    """The activation a conv computes: the fused one, or ReLU6 / ReLU implied by a [0, 6] / [0, x] quantized range."""
+    """The activation a conv computes: the fused one, or ReLU6 when a quantized output can only hold [0, 6].
+
+    (Converters may drop a RELU6 whose output quantization already clamps to [0, 6]. Any other range
+    is taken as no activation: a linear layer's range may well start at 0.)
+    """
     fused = op.options["activation"]
     if fused not in ACTIVATION_NAMES:
         raise ConversionError(f"{graph.path}: op {op.index} ({op.kind}) has fused activation {fused}; "
@@ -293,9 +297,10 @@ def _activation(graph: Graph, op: Op) -> str | None:
     if fused != 0:
         return ACTIVATION_NAMES[fused]
     real_range = graph.tensors[op.outputs[0]].real_range()
-    if real_range is not None and real_range[0] == 0:
+    if real_range is not None:
         step = float(graph.tensors[op.outputs[0]].scale[0])
-        return "relu6" if abs(real_range[1] - 6) <= step else "relu"
+        if real_range[0] == 0 and abs(real_range[1] - 6) <= step:
+            return "relu6"
     return None
 
 
