@@ -333,6 +333,10 @@ def recognise(graph: Graph) -> Network:
                               "DeepLab graphs do not have (another network?)")
     pool = _single([op for op in graph.ops if op.kind == "AVERAGE_POOL_2D"], "global average pool", graph)
     feature = graph.origin(pool.inputs[0])
+    feature_size = graph.tensors[feature].shape[1:3]
+    if pool.options["filter"] != tuple(feature_size):
+        raise ConversionError(f"{graph.path}: the average pool (op {pool.index}) has a {pool.options['filter']} window on a "
+                              f"{tuple(feature_size)} feature map: not a global average pool")
     convs = {op.index: conv_from_op(graph, op) for op in graph.ops if op.kind in CONV_OPS}
 
     def conv_reading(tensor: int) -> list[Conv]:
@@ -378,7 +382,7 @@ MODEL_CLASSES = {"v1": MobileNetV1ForImageClassification, "v2": MobileNetV2ForIm
 SKIPPED = {"deeplab": ("mobilenet_v2.conv_1x1",)}  # transformers modules the graph does not have
 
 
-def layer_names(family: str):
+def mapped_conv_layers(family: str) -> list:
     """The transformers ConvLayers the graph's convs map onto, in the same order (any width will do)."""
     model_class = MODEL_CLASSES[family]
     config = model_class.config_class(num_labels=2)
@@ -390,13 +394,15 @@ def layer_names(family: str):
 
 def network_tensors(network: Network, graph: Graph) -> dict[str, np.ndarray]:
     """The state_dict (without the parts the graph lacks) of the network's convs, BatchNorm stored as identity."""
-    layers = layer_names(network.family)
+    layers = mapped_conv_layers(network.family)
     convs = network.backbone + network.head
     if len(convs) != len(layers):
         raise ConversionError(f"{graph.path}: has {len(convs)} convolutions, a {MODEL_CLASSES[network.family].__name__} "
                               f"has {len(layers)}")
     tensors = {}
     for layer, conv in zip(layers, convs):
+        if (layer is None or layer.norm_eps is None) and conv.bias is None:
+            raise ConversionError(f"{graph.path}: the classifier conv (op {conv.op.index}) has no bias")
         if layer is None:  # classification logits: a 1x1 conv with bias -> Linear
             tensors["classifier.weight"] = conv.weight[:, :, 0, 0]
             tensors["classifier.bias"] = conv.bias
