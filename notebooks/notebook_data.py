@@ -128,9 +128,11 @@ def transformers_twin(model):
     architecture = type(model).__name__
     torch_class = getattr(transformers, architecture)
     config = torch_class.config_class.from_dict(model.config.to_dict())
-    torch_model = torch_class(config).eval()
-    torch_model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in model.state_dict().items()})
-    return torch_model
+    with torch.device("meta"):          # no memory and no random init: every tensor is replaced below
+        torch_model = torch_class(config)
+    state_dict = {k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()}   # copies
+    torch_model.load_state_dict(state_dict, strict=True, assign=True)
+    return torch_model.eval()
 
 
 # --------------------------------------------------------------------------------------------------
