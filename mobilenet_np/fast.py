@@ -1,0 +1,737 @@
+"""The fast inference path: the same layer descriptions, run as a plan of channels-last NumPy kernels.
+
+The readable path (mobilenet_v1.py, mobilenet_v2.py, deeplabv3.py) runs every ConvLayer the way the
+papers draw it: pad, convolve in NCHW, BatchNorm, activation, each step a new array. This file runs the
+very same layers faster, with the same results up to float rounding (tests/test_fast.py checks it
+against the readable path and against transformers). `model(x)` uses it unless a `record` callback is
+given, `fast=False` is passed or `model.reference` is True.
+
+1. BatchNorm is folded into the convolution once per set of weights (`fold_batch_norm`):
+       BN(conv(x, w) + b) = conv(x, w * scale) + (b - mean) * scale + beta,  scale = gamma / sqrt(var + eps)
+2. Activations are channels-last (N, H, W, C). A pointwise (1x1) convolution is then one matrix product
+   (N*H*W, C_in) @ (C_in, C_out), and a depthwise 3x3 convolution is 9 multiply-adds of whole rows of
+   contiguous channel vectors.
+3. Zero padding is never written out: each kernel tap multiplies only the input pixels that exist and
+   adds into only the output pixels they reach (`tap_ranges`); a padding zero would add nothing.
+4. Every activation lives in a preallocated arena, reused from layer to layer and from call to call
+   (`allocate_slots`); ufuncs write in place with out=, nothing is copied.
+5. Work is cut into bands of rows small enough to stay in a core's cache, and the bands are shared out
+   to a thread pool (NumPy releases the GIL inside ufuncs and matrix products). A band of a 1x1 layer
+   is its matrix product followed at once by bias, activation and residual (the epilogue), while the
+   rows are still in cache. When threadpoolctl is installed, BLAS runs single-threaded inside a call
+   so that the pool, not BLAS, splits the matrix products (spinning BLAS threads and the pool would
+   otherwise fight over the cores); without it, BLAS threads each product itself.
+
+The plan (`Plan`) is built from the model's own layer descriptions (ConvLayer fields,
+InvertedResidual.use_residual, the DeepLab head's layers), so it cannot drift from the readable path.
+It is built once per (input shape, dtype) and cached on the model with its folded weights. Because of
+that cache, the model's weight arrays are made read-only when a plan is built: to change a weight,
+assign a new array (`model.params[key] = new_value`); the next call notices and rebuilds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+
+from .modeling_utils import (BaseModelOutputWithPoolingAndNoAttention, ConvLayer,
+                             ImageClassifierOutputWithNoAttention, SemanticSegmenterOutput)
+
+__all__ = ["fast_forward", "fold_batch_norm", "tap_ranges", "build_plan", "get_plan", "clear_cache",
+           "set_num_threads", "get_num_threads"]
+
+# A band of a depthwise layer (its output rows) or of a 1x1 layer (its matrix product's output rows)
+# is cut to about this many bytes, so that it and its inputs stay in a core's L2 cache.
+DEPTHWISE_BAND_BYTES = 128 * 1024
+GEMM_BAND_BYTES = 256 * 1024
+# Depthwise weights are repeated along the output width (one (W_out, C) block per tap) when that takes
+# at most this many bytes: ufuncs then run over whole contiguous rows instead of C-long pieces.
+TILE_BYTES = 1024 * 1024
+# Below this many output values a layer runs on one thread: handing work out would cost more.
+PARALLEL_MIN_VALUES = 32 * 1024
+# Matrix products with fewer rows than this per thread are split by output columns instead.
+GEMM_MIN_ROWS = 64
+# Plans kept per model (one per input shape and dtype), least recently used dropped first.
+MAX_PLANS = 2
+
+
+# --------------------------------------------------------------------------------------------------
+# threads
+# --------------------------------------------------------------------------------------------------
+
+def _available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_num_threads = min(_available_cores(), 8)
+_executor: ThreadPoolExecutor | None = None
+_blas_controller_cache = None    # a threadpoolctl.ThreadpoolController; False: threadpoolctl is missing
+
+
+def set_num_threads(n: int) -> None:
+    """Use `n` threads for the fast path (plans are rebuilt for the new count)."""
+    global _num_threads, _executor
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: n must be an int >= 1, got {n!r}")
+    _num_threads = n
+    if _executor is not None:
+        _executor.shutdown(wait=True)
+        _executor = None
+
+
+def get_num_threads() -> int:
+    return _num_threads
+
+
+def _blas_controller():
+    """threadpoolctl's controller of the BLAS library, or None when threadpoolctl is not installed."""
+    global _blas_controller_cache
+    if _blas_controller_cache is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas_controller_cache = ThreadpoolController()
+        except ImportError:
+            _blas_controller_cache = False
+    return _blas_controller_cache or None
+
+
+def _blas_single_threaded():
+    """A context in which BLAS uses one thread (the pool splits the matrix products instead)."""
+    controller = _blas_controller()
+    if controller is None or _num_threads == 1:
+        return contextlib.nullcontext()
+    return controller.limit(limits=1, user_api="blas")     # applied now, undone on exit
+
+
+def _run_parallel(work: Callable[[int], None], threads: int) -> None:
+    """work(t) for t in range(threads): the last on this thread, the others on the pool."""
+    global _executor
+    if threads == 1:
+        work(0)
+        return
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=_num_threads - 1, thread_name_prefix="mobilenet_np")
+    futures = [_executor.submit(work, t) for t in range(threads - 1)]
+    work(threads - 1)
+    for future in futures:
+        future.result()
+
+
+def _split(length: int, parts: int) -> list[tuple[int, int]]:
+    """[0, length) cut into `parts` near-equal consecutive (start, stop) ranges, none empty."""
+    parts = max(1, min(parts, length))
+    edges = [length * p // parts for p in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _bands(start: int, stop: int, rows_per_band: int) -> list[tuple[int, int]]:
+    return [(r, min(r + rows_per_band, stop)) for r in range(start, stop, rows_per_band)]
+
+
+def _threads_for(values: int) -> int:
+    return _num_threads if values >= PARALLEL_MIN_VALUES else 1
+
+
+# --------------------------------------------------------------------------------------------------
+# weights and padding
+# --------------------------------------------------------------------------------------------------
+
+def fold_batch_norm(layer: ConvLayer, params: dict[str, np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The layer's convolution with its BatchNorm folded in: weight (C_out, C_in/groups, k, k), bias (C_out,).
+
+        BN(conv(x, w) + b) = (conv(x, w) + b - mean) * scale + beta        scale = gamma / sqrt(var + eps)
+                           = conv(x, w * scale) + (b - mean) * scale + beta
+
+    Computed in float64 and rounded once to `dtype`. A layer without BatchNorm keeps its weights
+    (and gets a zero bias when it has none).
+    """
+    weight = params[f"{layer.name}.convolution.weight"].astype(np.float64)
+    bias = params.get(f"{layer.name}.convolution.bias")
+    bias = np.zeros(layer.out_channels) if bias is None else bias.astype(np.float64)
+    if layer.norm_eps is not None:
+        p = f"{layer.name}.normalization."
+        scale = params[p + "weight"] / np.sqrt(params[p + "running_var"].astype(np.float64) + layer.norm_eps)
+        weight = weight * scale[:, None, None, None]
+        bias = (bias - params[p + "running_mean"]) * scale + params[p + "bias"]
+    return weight.astype(dtype), bias.astype(dtype)
+
+
+def tap_ranges(in_size: int, out_size: int, kernel: int, stride: int, dilation: int,
+               pad_before: int) -> list[tuple[int, int, int]]:
+    """Which outputs each kernel tap reaches along one axis, with the zero padding left implicit.
+
+    Output o, tap k reads input  i = o * stride + k * dilation - pad_before,  a padding zero unless
+    0 <= i < in_size. For every tap k this returns (first, stop, first_input): the outputs
+    [first, stop) that read a real input pixel, and the input index that output `first` reads.
+    """
+    ranges = []
+    for k in range(kernel):
+        offset = k * dilation - pad_before
+        first = max(0, -(offset // stride))                          # ceil(-offset / stride)
+        stop = min(out_size, (in_size - 1 - offset) // stride + 1)
+        ranges.append((first, max(first, stop), first * stride + offset))
+    return ranges
+
+
+def _tap_slice(first_input: int, count: int, stride: int) -> slice:
+    """The `count` input indices first_input, first_input + stride, ..."""
+    return slice(first_input, first_input + (count - 1) * stride + 1, stride)
+
+
+# --------------------------------------------------------------------------------------------------
+# the plan: values (activations), steps (kernels) and the arena that holds the values
+# --------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(eq=False)
+class Value:
+    """A planned activation, seen as (N, H, W, C), and the arena slot that will hold it.
+
+    storage: "channels_last" (stored as its shape), "planar" (stored (C, N, H, W): the im2col
+    matrix, whose columns are written plane by plane) or "input" (the caller's NCHW pixel values,
+    not in the arena).
+    """
+
+    shape: tuple[int, ...]
+    storage: str = "channels_last"
+    written: int = -1           # index of the step that writes it
+    last_read: int = -1         # index of the last step that reads it
+    slot: int = -1
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def view(self, flat: np.ndarray) -> np.ndarray:
+        """This value's (N, H, W, C) view of an arena slot."""
+        if self.storage == "planar":
+            return flat[: self.size].reshape(self.shape[-1:] + self.shape[:-1]).transpose(1, 2, 3, 0)
+        return flat[: self.size].reshape(self.shape)
+
+
+class Step:
+    """One kernel of the plan: reads and writes Values.
+
+    run(views, context): `views` maps each Value to its array (N, H, W, C) in the arena; `context`
+    holds the call's "pixel_values" and "hidden_states" (a list, or None when not asked for).
+    """
+
+    reads: tuple[Value, ...] = ()
+    writes: tuple[Value, ...] = ()
+    scratch_values: int = 0         # per-thread scratch this step needs (in values of the plan's dtype)
+
+    def run(self, views: dict[Value, np.ndarray], context: dict) -> None:
+        raise NotImplementedError
+
+
+def allocate_slots(values: list[Value]) -> list[int]:
+    """Give every value an arena slot so that no two live values share one; return the slot sizes.
+
+    Linear scan in the order the values are written: take the free slot that fits best (or the
+    largest free one, grown), else open a new slot. A slot is free again after the last step that
+    reads its value, so the value a step writes never shares a slot with one it reads.
+    """
+    sizes: list[int] = []
+    busy_until: list[int] = []                      # the last step that reads the slot's current value
+    for value in sorted(values, key=lambda v: v.written):
+        free = [s for s in range(len(sizes)) if busy_until[s] < value.written]
+        fitting = [s for s in free if sizes[s] >= value.size]
+        if fitting:
+            slot = min(fitting, key=lambda s: sizes[s])
+        elif free:
+            slot = max(free, key=lambda s: sizes[s])
+            sizes[slot] = value.size
+        else:
+            slot = len(sizes)
+            sizes.append(value.size)
+            busy_until.append(-1)
+        value.slot = slot
+        busy_until[slot] = max(value.last_read, value.written)
+    return sizes
+
+
+class Plan:
+    """The steps of one network for one input shape and dtype, and the arenas to run them in.
+
+    An arena is one set of slot buffers plus per-thread scratch. A call borrows a free arena (or
+    makes one), so two threads can run the same model at the same time.
+    """
+
+    def __init__(self, steps: list[Step], values: list[Value], dtype, finish: Callable):
+        self.steps, self.dtype, self.finish = steps, np.dtype(dtype), finish
+        self.values = [v for v in values if v.storage != "input"]
+        self.inputs = [v for v in values if v.storage == "input"]
+        for i, step in enumerate(steps):
+            for value in step.reads:
+                value.last_read = max(value.last_read, i)
+        self.slot_sizes = allocate_slots(self.values)
+        self.scratch_values = max([s.scratch_values for s in steps] + [0])
+        self._free_arenas: list[tuple[dict, list[np.ndarray]]] = []
+        self._lock = threading.Lock()
+
+    def nbytes(self) -> int:
+        """Bytes of one arena: the activations' slots and the threads' scratch."""
+        return (sum(self.slot_sizes) + _num_threads * self.scratch_values) * self.dtype.itemsize
+
+    def _new_arena(self):
+        slots = [np.empty(size, self.dtype) for size in self.slot_sizes]
+        views = {v: v.view(slots[v.slot]) for v in self.values}
+        views["scratch"] = [np.empty(self.scratch_values, self.dtype) for _ in range(_num_threads)]
+        return views
+
+    def run(self, pixel_values: np.ndarray, output_hidden_states: bool):
+        with self._lock:
+            views = self._free_arenas.pop() if self._free_arenas else None
+        if views is None:
+            views = self._new_arena()
+        pixels = pixel_values.astype(self.dtype, copy=False).transpose(0, 2, 3, 1)   # (N, H, W, C) view
+        views.update({v: pixels for v in self.inputs})
+        context = {"hidden_states": [] if output_hidden_states else None}
+        try:
+            with _blas_single_threaded():
+                for step in self.steps:
+                    step.run(views, context)
+            return self.finish(views, context)
+        finally:
+            for v in self.inputs:
+                views.pop(v)
+            with self._lock:
+                self._free_arenas.append(views)
+
+
+# --------------------------------------------------------------------------------------------------
+# the kernels
+# --------------------------------------------------------------------------------------------------
+
+def _activation(name: str | None, dtype) -> Callable[[np.ndarray], None] | None:
+    """The activation as an in-place function (None for a linear layer)."""
+    zero, six = dtype.type(0), dtype.type(6)
+    if name == "relu6":
+        return lambda y: np.clip(y, zero, six, out=y)
+    if name == "relu":
+        return lambda y: np.maximum(y, zero, out=y)
+    if name is None:
+        return None
+    raise ValueError(f"fast path: unknown activation {name!r}")
+
+
+class SaveHiddenState(Step):
+    """Append a copy of a value, back in NCHW, to the hidden states (when they are asked for)."""
+
+    def __init__(self, value: Value):
+        self.value = value
+        self.reads = (value,)
+
+    def run(self, views, context):
+        if context["hidden_states"] is not None:
+            context["hidden_states"].append(np.ascontiguousarray(views[self.value].transpose(0, 3, 1, 2)))
+
+
+class MatMul(Step):
+    """A 1x1 convolution: (N*H*W, C_in) @ (C_in, C_out), then + bias, activation, + residual.
+
+    The output rows are cut into bands, each thread taking a run of them: a band's matrix product
+    and its epilogue run back to back, while the band is in cache. With few rows (late, small
+    layers) the threads split the output columns instead.
+
+    weight: (C_in, C_out). bias: (C_out,), or a Value (N, 1, 1, C_out) holding one bias per image
+    (the DeepLab projection, see PooledProjectionBias).
+    """
+
+    def __init__(self, x: Value, out: Value, weight: np.ndarray, bias, activation: str | None,
+                 residual: Value | None = None, split_gemm: bool = True):
+        self.x, self.out, self.weight, self.bias, self.residual = x, out, weight, bias, residual
+        self.reads = (x,) + tuple(v for v in (residual, bias) if isinstance(v, Value))
+        self.writes = (out,)
+        self.activation = _activation(activation, weight.dtype)
+        n, h, w, c_out = out.shape
+        pixels = h * w
+        self.threads = _threads_for(out.size) if split_gemm else 1
+        rows_per_band = max(1, GEMM_BAND_BYTES // (c_out * weight.itemsize))
+        self.bands = []          # per thread: (image, row slice, column slice) of the (N, H*W, C) views
+        if n * pixels >= self.threads * GEMM_MIN_ROWS or self.threads == 1:
+            for start, stop in _split(n * pixels, self.threads):
+                bands, r = [], start
+                while r < stop:                                       # bands never cross an image
+                    image, end = r // pixels, min(stop, r + rows_per_band, (r // pixels + 1) * pixels)
+                    bands.append((image, slice(r - image * pixels, end - image * pixels), slice(None)))
+                    r = end
+                self.bands.append(bands)
+        else:
+            self.bands = [[(slice(None), slice(None), slice(a, b))] for a, b in _split(c_out, self.threads)]
+            self.threads = len(self.bands)
+
+    def run(self, views, context):
+        n, h, w, c_out = self.out.shape
+        x = views[self.x].reshape(n, h * w, -1)                                 # (N, H*W, C_in)
+        out = views[self.out].reshape(n, h * w, c_out)                          # (N, H*W, C_out)
+        per_image_bias = isinstance(self.bias, Value)
+        bias = views[self.bias].reshape(-1, 1, c_out) if per_image_bias else self.bias[None, None]
+        residual = None if self.residual is None else views[self.residual].reshape(n, h * w, c_out)
+
+        def work(t):
+            for image, rows, cols in self.bands[t]:
+                y = out[image, rows, cols]
+                np.matmul(x[image, rows], self.weight[:, cols], out=y)
+                np.add(y, bias[image if per_image_bias else 0, :, cols], out=y)
+                if self.activation is not None:
+                    self.activation(y)
+                if residual is not None:
+                    np.add(y, residual[image, rows, cols], out=y)
+
+        _run_parallel(work, self.threads)
+
+
+class Depthwise(Step):
+    """k x k depthwise convolution, channels-last: for each tap, out[rows, cols] += x[shifted] * w[tap].
+
+    Output rows are cut into bands (each thread takes a run of them). Within a band every tap
+    updates the sub-rectangle of outputs that read real (non-padding) input pixels. The first tap
+    that covers the whole band writes it (no zero fill), then bias and activation follow while the
+    band is in cache. Slices are worked out once, here.
+    """
+
+    def __init__(self, layer: ConvLayer, x: Value, out: Value, weight: np.ndarray, bias: np.ndarray,
+                 padding: tuple[int, int, int, int]):
+        self.x, self.out, self.bias = x, out, bias
+        self.reads, self.writes = (x,), (out,)
+        n, h, w, c = x.shape
+        _, h_out, w_out, _ = out.shape
+        k, s, d = layer.kernel_size, layer.stride, layer.dilation
+        weight = np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0))          # (k, k, C)
+        if k * k * w_out * c * weight.itemsize <= TILE_BYTES:
+            # (k, k, W_out, C): a tap's weights for a run of output columns is one contiguous block
+            weight = np.ascontiguousarray(np.broadcast_to(weight[:, :, None, :], (k, k, w_out, c)))
+        self.weight = weight
+        self.activation = _activation(layer.activation, weight.dtype)
+        row_taps = tap_ranges(h, h_out, k, s, d, padding[0])
+        col_taps = tap_ranges(w, w_out, k, s, d, padding[2])
+        rows_per_band = min(h_out, max(1, DEPTHWISE_BAND_BYTES // (n * w_out * c * weight.itemsize)))
+        self.scratch_shape = (n, rows_per_band, w_out, c)
+        self.scratch_values = int(np.prod(self.scratch_shape))
+        self.threads = _threads_for(out.size)
+        self.bands = [[self._band(a, b, row_taps, col_taps, s) for a, b in _bands(start, stop, rows_per_band)]
+                      for start, stop in _split(h_out, self.threads)]
+        self.threads = len(self.bands)
+
+    def _band(self, first_row, stop_row, row_taps, col_taps, s):
+        """Output rows [first_row, stop_row): (rows, first tap or None, other taps); a tap is
+        (covers band, input slices, output slices, scratch slices, weights)."""
+        every = slice(None)
+        taps = []
+        for i, (r0, r1, in_r0) in enumerate(row_taps):
+            y0, y1 = max(first_row, r0), min(stop_row, r1)
+            for j, (c0, c1, in_c0) in enumerate(col_taps):
+                if y0 >= y1 or c0 >= c1:
+                    continue                                            # this tap only sees padding
+                source = (every, _tap_slice(in_r0 + (y0 - r0) * s, y1 - y0, s), _tap_slice(in_c0, c1 - c0, s))
+                target = (every, slice(y0, y1), slice(c0, c1))
+                temp = (every, slice(0, y1 - y0), slice(0, c1 - c0))
+                weight = self.weight[i, j, c0:c1] if self.weight.ndim == 4 else self.weight[i, j]
+                covers = (y0, y1, c0, c1) == (first_row, stop_row, 0, self.out.shape[2])
+                taps.append((covers, source, target, temp, weight))
+        taps.sort(key=lambda tap: not tap[0])                            # a covering tap first, if any
+        first = taps[0] if taps and taps[0][0] else None
+        return slice(first_row, stop_row), first, taps[1:] if first else taps
+
+    def run(self, views, context):
+        x, out = views[self.x], views[self.out]
+
+        def work(t):
+            temp = views["scratch"][t][: self.scratch_values].reshape(self.scratch_shape)
+            for rows, first, taps in self.bands[t]:
+                band = out[:, rows]
+                if first is None:
+                    band.fill(0)
+                else:
+                    np.multiply(x[first[1]], first[4], out=out[first[2]])
+                for _, source, target, temp_slice, weight in taps:
+                    product = temp[temp_slice]
+                    np.multiply(x[source], weight, out=product)
+                    np.add(out[target], product, out=out[target])
+                np.add(band, self.bias, out=band)
+                if self.activation is not None:
+                    self.activation(band)
+
+        _run_parallel(work, self.threads)
+
+
+class Im2col(Step):
+    """Gather every output pixel's k x k x C_in receptive field into one row (for the stem).
+
+    cols[n, y, x, (i, j, c)] = x[n, y*s + i*d - top, x*s + j*d - left, c], 0 where that is padding.
+    cols is stored planar, (k*k*C_in, N, H_out, W_out): each (i, j, c) column is written as a whole
+    image plane from a strided plane of the input, and the matrix product reads it transposed.
+    """
+
+    def __init__(self, layer: ConvLayer, x: Value, cols: Value, padding: tuple[int, int, int, int]):
+        self.x, self.cols = x, cols
+        self.reads, self.writes = (x,), (cols,)
+        n, h, w, c = x.shape
+        _, h_out, w_out, _ = cols.shape
+        k, s, d = layer.kernel_size, layer.stride, layer.dilation
+        self.taps = []                         # (first column of the tap, output rows, output cols, input rows, input cols)
+        for i, (r0, r1, in_r0) in enumerate(tap_ranges(h, h_out, k, s, d, padding[0])):
+            for j, (c0, c1, in_c0) in enumerate(tap_ranges(w, w_out, k, s, d, padding[2])):
+                self.taps.append(((i * k + j) * c, (r0, r1), (c0, c1),
+                                  _tap_slice(in_r0, r1 - r0, s) if r1 > r0 else None,
+                                  _tap_slice(in_c0, c1 - c0, s) if c1 > c0 else None))
+        self.channels, self.h_out, self.w_out = c, h_out, w_out
+
+    def run(self, views, context):
+        x = views[self.x].transpose(3, 0, 1, 2)                  # (C, N, H, W) view
+        cols = views[self.cols].transpose(3, 0, 1, 2)            # (k*k*C, N, H_out, W_out), contiguous
+        for first, (r0, r1), (c0, c1), in_rows, in_cols in self.taps:
+            planes = cols[first: first + self.channels]          # (C, N, H_out, W_out)
+            for zeros in (planes[:, :, :r0], planes[:, :, r1:], planes[:, :, :, :c0], planes[:, :, :, c1:]):
+                zeros.fill(0)                                    # the padding this tap would read
+            if in_rows is not None and in_cols is not None:
+                np.copyto(planes[:, :, r0:r1, c0:c1], x[:, :, in_rows, in_cols])
+
+
+class GlobalAveragePool(Step):
+    """(N, H, W, C) -> (N, 1, 1, C): mean over the pixels."""
+
+    def __init__(self, x: Value, out: Value):
+        self.x, self.out = x, out
+        self.reads, self.writes = (x,), (out,)
+
+    def run(self, views, context):
+        np.mean(views[self.x], axis=(1, 2), keepdims=True, out=views[self.out])
+
+
+class PooledProjectionBias(Step):
+    """DeepLab's image-pooling branch, turned into a per-image bias of the projection.
+
+    The branch is global average pool -> 1x1 conv_pool (BN, ReLU) -> bilinear upsampling of a 1x1
+    map, i.e. the same 256 values at every pixel. The projection of concat([branch, aspp]) is then
+        W @ concat(branch, aspp) + b = W_aspp @ aspp + (W_branch @ branch + b)
+    so the second term is computed once per image and added like a bias: no concat, no upsampling.
+    """
+
+    def __init__(self, pooled: Value, out: Value, pool_weight, pool_bias, pool_activation,
+                 projection_weight, projection_bias):
+        self.pooled, self.out = pooled, out
+        self.reads, self.writes = (pooled,), (out,)
+        self.pool_weight, self.pool_bias = pool_weight, pool_bias                  # (C, 256), (256,)
+        self.pool_activation = _activation(pool_activation, pool_weight.dtype)
+        self.projection_weight, self.projection_bias = projection_weight, projection_bias  # (256, 256)
+
+    def run(self, views, context):
+        pooled = views[self.pooled][:, 0, 0]                                           # (N, C)
+        branch = pooled @ self.pool_weight + self.pool_bias                             # (N, 256)
+        if self.pool_activation is not None:
+            self.pool_activation(branch)
+        out = views[self.out][:, 0, 0]                                                  # (N, 256)
+        np.matmul(branch, self.projection_weight, out=out)
+        np.add(out, self.projection_bias, out=out)
+
+
+# --------------------------------------------------------------------------------------------------
+# building a plan from a model
+# --------------------------------------------------------------------------------------------------
+
+def _gemm_weight(weight: np.ndarray) -> np.ndarray:
+    """(C_out, C_in, 1, 1) 1x1 conv weights -> (C_in, C_out), the right operand of the product."""
+    return np.ascontiguousarray(weight[:, :, 0, 0].T)
+
+
+class PlanBuilder:
+    """Turns layer descriptions into steps on symbolic Values (shapes only), in execution order."""
+
+    def __init__(self, params: dict[str, np.ndarray], dtype):
+        self.params, self.dtype = params, np.dtype(dtype)
+        self.steps: list[Step] = []
+        self.values: list[Value] = []
+        self.split_gemm = _blas_controller() is not None   # else BLAS threads each product
+
+    def value(self, shape, storage: str = "channels_last") -> Value:
+        v = Value(tuple(int(s) for s in shape), storage)
+        self.values.append(v)
+        return v
+
+    def add(self, step: Step) -> None:
+        for v in step.writes:
+            v.written = len(self.steps)
+        self.steps.append(step)
+
+    def input(self, shape_nchw) -> Value:
+        n, c, h, w = shape_nchw
+        return self.value((n, h, w, c), storage="input")
+
+    def hidden_state(self, x: Value) -> None:
+        self.add(SaveHiddenState(x))
+
+    def conv(self, layer: ConvLayer, x: Value, residual: Value | None = None) -> Value:
+        """The step(s) of one ConvLayer, BatchNorm folded in (+ a residual added after it)."""
+        n, h, w, c = x.shape
+        if c != layer.in_channels:
+            raise ValueError(f"fast path: {layer.name} expects {layer.in_channels} channels, the plan has {c}")
+        h_out, w_out = layer.output_size(h, w)
+        padding = layer.padding(h, w)
+        out = self.value((n, h_out, w_out, layer.out_channels))
+        weight, bias = fold_batch_norm(layer, self.params, self.dtype)
+        if residual is not None and layer.kind != "pointwise":
+            raise ValueError(f"fast path: a residual after {layer.name} ({layer.kind}) is not supported")
+        if layer.kind == "depthwise" and layer.out_channels == layer.in_channels:
+            self.add(Depthwise(layer, x, out, weight, bias, padding))
+        elif layer.kind == "pointwise" and layer.stride == 1:
+            self.add(MatMul(x, out, _gemm_weight(weight), bias, layer.activation, residual, self.split_gemm))
+        elif layer.groups == 1:
+            k = layer.kernel_size
+            cols = self.value((n, h_out, w_out, k * k * c), storage="planar")
+            self.add(Im2col(layer, x, cols, padding))
+            # rows of the weight matrix in the order of cols' columns: (i, j, c)
+            weight = weight.transpose(2, 3, 1, 0).reshape(k * k * c, layer.out_channels)
+            self.add(MatMul(cols, out, np.ascontiguousarray(weight), bias, layer.activation, None, self.split_gemm))
+        else:
+            raise ValueError(f"fast path: grouped convolution {layer.name} (groups={layer.groups}) is not supported")
+        return out
+
+    def global_avg_pool(self, x: Value) -> Value:
+        out = self.value((x.shape[0], 1, 1, x.shape[-1]))
+        self.add(GlobalAveragePool(x, out))
+        return out
+
+
+def _mobilenet_v1_backbone(b: PlanBuilder, backbone, x: Value) -> Value:
+    x = b.conv(backbone.conv_stem, x)                     # (N, H/2, W/2, 32a)
+    for layer in backbone.layer:                          # 26 layers, each one hidden state
+        x = b.conv(layer, x)
+        b.hidden_state(x)
+    return x                                              # (N, H/32, W/32, 1024a)
+
+
+def _mobilenet_v2_backbone(b: PlanBuilder, backbone, x: Value, conv_1x1: bool) -> Value:
+    for layer in backbone.conv_stem:                      # (N, H/2, W/2, 16a)
+        x = b.conv(layer, x)
+    for block in backbone.layer:                          # 16 inverted residual blocks, each one hidden state
+        block_input = x
+        x = b.conv(block.expand_1x1, x)                   # (N, h, w, t*C)
+        x = b.conv(block.conv_3x3, x)                     # (N, h/s, w/s, t*C)
+        x = b.conv(block.reduce_1x1, x, residual=block_input if block.use_residual else None)
+        b.hidden_state(x)
+    if conv_1x1:
+        x = b.conv(backbone.conv_1x1, x)                  # (N, h, w, 1280)
+    return x
+
+
+def _deeplab_head(b: PlanBuilder, model, features: Value) -> Value:
+    """The DeepLabV3 head (see deeplabv3.py), with the pooling branch as a per-image bias."""
+    n, h, w, _ = features.shape
+    conv_pool, projection = model.conv_pool, model.conv_projection
+    pooled = b.global_avg_pool(features)                                         # (N, 1, 1, C)
+    aspp = b.conv(model.conv_aspp, features)                                     # (N, h, w, 256)
+    pool_weight, pool_bias = fold_batch_norm(conv_pool, b.params, b.dtype)
+    projection_weight, projection_bias = fold_batch_norm(projection, b.params, b.dtype)
+    projection_weight = _gemm_weight(projection_weight)                          # (512, 256)
+    branch_channels = conv_pool.out_channels                                     # concat order: [branch, aspp]
+    image_bias = b.value((n, 1, 1, projection.out_channels))
+    b.add(PooledProjectionBias(pooled, image_bias, _gemm_weight(pool_weight), pool_bias, conv_pool.activation,
+                               projection_weight[:branch_channels], projection_bias))
+    x = b.value((n, h, w, projection.out_channels))
+    b.add(MatMul(aspp, x, np.ascontiguousarray(projection_weight[branch_channels:]), image_bias,
+                 projection.activation, None, b.split_gemm))                     # (N, h, w, 256)
+    return b.conv(model.classifier, x)                                           # (N, h, w, num_labels)
+
+
+def _nchw(array: np.ndarray) -> np.ndarray:
+    """A new (N, C, H, W) array from an (N, H, W, C) one (outputs must not point into the arena)."""
+    return np.ascontiguousarray(array.transpose(0, 3, 1, 2))
+
+
+def build_plan(model, input_shape: tuple[int, ...], dtype) -> Plan:
+    """The fast plan of `model` for pixel values of shape (N, C, H, W) computed in `dtype`."""
+    from .deeplabv3 import MobileNetV2ForSemanticSegmentation
+    from .mobilenet_v1 import MobileNetV1ForImageClassification, MobileNetV1Model
+    from .mobilenet_v2 import MobileNetV2ForImageClassification, MobileNetV2Model
+
+    b = PlanBuilder(model.params, dtype)
+    x = b.input(input_shape)
+
+    def hidden(context):
+        return None if context["hidden_states"] is None else tuple(context["hidden_states"])
+
+    if isinstance(model, MobileNetV2ForSemanticSegmentation):
+        # As in the readable path, the backbone's conv_1x1 (whose output nothing uses) is skipped.
+        features = _mobilenet_v2_backbone(b, model.mobilenet_v2, x, conv_1x1=False)
+        logits = _deeplab_head(b, model, features)
+
+        def finish(views, context):
+            return SemanticSegmenterOutput(logits=_nchw(views[logits]), hidden_states=hidden(context))
+
+    elif isinstance(model, (MobileNetV1Model, MobileNetV2Model)):
+        last = (_mobilenet_v1_backbone(b, model, x) if isinstance(model, MobileNetV1Model)
+                else _mobilenet_v2_backbone(b, model, x, conv_1x1=True))
+        pooled = b.global_avg_pool(last) if model.add_pooling_layer else None
+
+        def finish(views, context):
+            return BaseModelOutputWithPoolingAndNoAttention(
+                last_hidden_state=_nchw(views[last]),
+                pooler_output=None if pooled is None else views[pooled][:, 0, 0].copy(),   # (N, C)
+                hidden_states=hidden(context))
+
+    elif isinstance(model, (MobileNetV1ForImageClassification, MobileNetV2ForImageClassification)):
+        if isinstance(model, MobileNetV1ForImageClassification):
+            last = _mobilenet_v1_backbone(b, model.mobilenet_v1, x)
+        else:
+            last = _mobilenet_v2_backbone(b, model.mobilenet_v2, x, conv_1x1=True)
+        pooled = b.global_avg_pool(last)                                         # (N, 1, 1, C)
+        classifier = None
+        if model.config.num_labels > 0:              # transformers' classifier is nn.Identity without labels
+            classifier = (np.ascontiguousarray(model.params["classifier.weight"].astype(dtype).T),  # (C, labels)
+                          model.params["classifier.bias"].astype(dtype))
+
+        def finish(views, context):
+            logits = views[pooled][:, 0, 0].copy()                               # (N, C); dropout: identity
+            if classifier is not None:
+                logits = logits @ classifier[0] + classifier[1]                  # (N, num_labels)
+            return ImageClassifierOutputWithNoAttention(logits=logits, hidden_states=hidden(context))
+    else:
+        raise TypeError(f"fast path: no plan for {type(model).__name__}")
+    return Plan(b.steps, b.values, dtype, finish)
+
+
+# --------------------------------------------------------------------------------------------------
+# entry point and cache
+# --------------------------------------------------------------------------------------------------
+
+def get_plan(model, input_shape: tuple[int, ...], dtype) -> Plan:
+    """The cached plan for this model, input shape and dtype (built on first use).
+
+    The cache key holds the identity of every weight array, so assigning a new array to
+    model.params[key] (or load_state_dict) makes the next call build a new plan.
+    """
+    cache = model.__dict__.setdefault("_fast_plans", {})
+    key = (tuple(input_shape), np.dtype(dtype).str, _num_threads,
+           tuple((name, id(value)) for name, value in model.params.items()))
+    plan = cache.pop(key, None)
+    if plan is None:
+        plan = build_plan(model, input_shape, dtype)
+        for value in model.params.values():     # the plan holds folded copies: freeze the originals
+            value.flags.writeable = False
+        while len(cache) >= MAX_PLANS:
+            cache.pop(next(iter(cache)))
+    cache[key] = plan                           # most recently used last
+    return plan
+
+
+def clear_cache(model) -> None:
+    """Drop the model's cached plans (folded weights and arenas)."""
+    model.__dict__.pop("_fast_plans", None)
+
+
+def fast_forward(model, pixel_values: np.ndarray, output_hidden_states: bool = False):
+    """Run `model` on checked (N, C, H, W) pixel values through its fast plan.
+
+    Returns the same output object as the readable path (NCHW arrays, fresh copies), computed in
+    the dtype of the pixel values and the weights promoted together (float32 or float64).
+    """
+    dtype = np.result_type(pixel_values.dtype, *[v.dtype for v in model.params.values() if v.dtype.kind == "f"])
+    plan = get_plan(model, pixel_values.shape, dtype)
+    return plan.run(pixel_values, output_hidden_states)
