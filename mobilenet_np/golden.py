@@ -41,9 +41,10 @@ JSON_ATTRIBUTES = ("config", "input", "library_versions")  # root attributes hol
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 # Default tolerances of `compare`: an element is out of tolerance when |cand - ref| > atol + rtol * |ref|.
-# They accept float32 rounding (PyTorch vs NumPy, float32 vs float64) through a whole MobileNet and reject
-# any real bug; docs/golden_format.md shows the errors they were chosen from.
-DEFAULT_RTOL = 1e-4
+# They accept float32 rounding (PyTorch vs NumPy, float32 vs float64) through whole MobileNets, trained
+# or random, and still catch a BatchNorm epsilon of 1e-5 instead of 1e-3; docs/golden_format.md shows the
+# errors they were chosen from.
+DEFAULT_RTOL = 1e-3
 DEFAULT_ATOL = 1e-3
 
 

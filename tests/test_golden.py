@@ -440,3 +440,32 @@ def test_nan_in_a_candidate_is_out_of_tolerance_and_null_in_json(goldens, tmp_pa
     last = report["tensors"][-1]
     assert last["max_abs_error"] is None and last["out_of_tolerance_fraction"] == 1.0
     assert report["candidate"]["producer"] == "a broken port"
+
+
+def test_default_tolerance_catches_a_wrong_batch_norm_epsilon(networks):
+    """The defaults are loose enough for float32 noise but not for a subtle bug: eps 1e-5 instead of 1e-3."""
+    _, model, _ = networks["MobileNetV2ForImageClassification"]
+    config = type(model.config).from_dict({**model.config.to_dict(), "layer_norm_eps": 1e-5})
+    wrong = type(model)(config, seed=None)
+    wrong.load_state_dict(model.state_dict())
+    x = golden.seeded_pixel_values(2, SIZE, SIZE)
+    comparison = golden.compare_goldens(golden.Golden(golden.record_model(model, x)),
+                                        golden.Golden(golden.record_model(wrong, x)))
+    first = comparison.first_divergence
+    assert first is not None and first.name.startswith("mobilenet_v2.conv_stem.") and first.name.endswith(".normalization")
+
+
+def test_real_keras_weights_agree_with_pytorch_and_float64(shared_data, tmp_path, capsys):
+    """Trained weights (Keras MobileNet V1 0.25, a real image): both float32 runs pass against float64."""
+    weights = tmp_path / "keras.h5"
+    assert tools_main(["import-keras", str(shared_data / "weights/keras/mobilenet_v1_0.25_224.h5"), str(weights)]) == 0
+    image = shared_data / "images/cat.bmp"
+    files = {}
+    for main, command, dtype in ((np_main, "golden", "float64"), (np_main, "golden", "float32"),
+                                 (tools_main, "golden-torch", "float32")):
+        files[command, dtype] = out = tmp_path / f"{command}.{dtype}.h5"
+        assert main([command, "--weights", str(weights), "--image", str(image), "--out", str(out), "--dtype", dtype]) == 0
+    for candidate in (files["golden", "float32"], files["golden-torch", "float32"]):
+        status, report = compare_json(capsys, files["golden", "float64"], candidate)
+        assert status == 0, report["first_divergence"]
+        assert max(t["max_rel_error"] for t in report["tensors"]) < FLOAT32_MAX_REL_ERROR
