@@ -113,6 +113,7 @@ def read_weights(path) -> WeightsFile:
                 raise WeightsError(f"{path}: root attribute 'format' is {fmt!r}, expected {FORMAT_NAME!r}")
             version = attrs.get("format_version")
             if not isinstance(version, (int, np.integer)) or int(version) != FORMAT_VERSION:
+                version = int(version) if isinstance(version, np.integer) else version  # 2, not np.int64(2)
                 raise WeightsError(f"{path}: format_version {version!r} is not supported (this mobilenet_np reads "
                                    f"version {FORMAT_VERSION}); upgrade mobilenet-np or re-convert the weights")
             architecture = attrs.get("architecture")
