@@ -527,3 +527,158 @@ def interpolate_bilinear_naive(x, size, align_corners: bool) -> np.ndarray:
             bottom = x[:, :, y1, x0] * (1 - wx) + x[:, :, y1, x1] * wx
             out[:, :, i, j] = top * (1 - wy) + bottom * wy
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# image resizing (the image processors' resize: Pillow's algorithm, exactly)
+# --------------------------------------------------------------------------------------------------
+#
+# transformers' PIL backend resizes 8-bit images with Pillow's `Image.resize`. Pillow does not
+# sample 4 neighbours like `interpolate_bilinear`: when it shrinks an image it widens the filter
+# by the shrink factor (antialiasing), so every input pixel contributes. It resizes the width
+# first, then the height, each pass in fixed-point integers rounded back to uint8. We reproduce
+# that bit for bit, so our pixel values equal transformers'.
+
+def _box_filter(x):
+    return ((x > -0.5) & (x <= 0.5)).astype(np.float64)
+
+
+def _triangle_filter(x):  # "bilinear"
+    x = np.abs(x)
+    return np.where(x < 1.0, 1.0 - x, 0.0)
+
+
+_F32_054, _F32_046 = float(np.float32(0.54)), float(np.float32(0.46))  # Pillow writes them as C floats
+
+
+def _hamming_filter(x):
+    x = np.abs(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        px = x * math.pi
+        value = np.sin(px) / px * (_F32_054 + _F32_046 * np.cos(px))
+    return np.where(x == 0.0, 1.0, np.where(x >= 1.0, 0.0, value))
+
+
+def _cubic_filter(x, a=-0.5):  # "bicubic" (Keys, a = -0.5)
+    x = np.abs(x)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def _lanczos_filter(x):  # Lanczos-3
+    return np.where((-3.0 <= x) & (x < 3.0), np.sinc(x) * np.sinc(x / 3), 0.0)
+
+
+# Pillow's resample codes -> (filter, support radius in input pixels at scale 1)
+RESAMPLE_FILTERS = {1: (_lanczos_filter, 3.0), 2: (_triangle_filter, 1.0), 3: (_cubic_filter, 2.0),
+                    4: (_box_filter, 0.5), 5: (_hamming_filter, 1.0)}
+_PRECISION_BITS = 32 - 8 - 2  # fixed-point fraction bits Pillow uses for 8-bit images
+
+
+def resize_weights(in_size: int, out_size: int, resample: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Which input pixels each output pixel reads, and with what fixed-point weights (Pillow's rule).
+
+    Returns (first, weights): first (out_size,) is the first input index of each output pixel's
+    window and weights (out_size, taps) the int64 weights, in units of 2**-22, of input pixels
+    first .. first + taps - 1 (zero past the window). For output pixel x:
+
+        scale  = in_size / out_size;  widen = max(scale, 1)        (antialias only when shrinking)
+        center = (x + 0.5) * scale                                 (in input pixel units)
+        window = input pixels i with |i + 0.5 - center| < support * widen
+        weight = filter((i + 0.5 - center) / widen), normalised to sum 1, then rounded to 2**-22
+    """
+    filter_function, radius = RESAMPLE_FILTERS[resample]
+    scale = in_size / out_size
+    widen = max(scale, 1.0)
+    support = radius * widen
+    taps = int(math.ceil(support)) * 2 + 1
+    center = (np.arange(out_size) + 0.5) * scale
+    first = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
+    last = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size)
+    count = last - first
+    offsets = np.arange(taps)
+    weights = filter_function((offsets[None, :] + first[:, None] - center[:, None] + 0.5) * (1.0 / widen))
+    weights = np.where(offsets[None, :] < count[:, None], weights, 0.0)
+    total = np.zeros(out_size)
+    for t in range(taps):  # summed tap by tap, in Pillow's order, so the rounding matches exactly
+        total += weights[:, t]
+    weights = np.where(total[:, None] != 0.0, weights / np.where(total == 0.0, 1.0, total)[:, None], weights)
+    fixed = np.trunc(weights * (1 << _PRECISION_BITS) + np.where(weights < 0, -0.5, 0.5)).astype(np.int64)
+    return first, fixed
+
+
+def _resize_axis(image: np.ndarray, out_size: int, axis: int, resample: int) -> np.ndarray:
+    """One pass of `resize_image` along `axis` of a uint8 array."""
+    in_size = image.shape[axis]
+    first, weights = resize_weights(in_size, out_size, resample)
+    pixels = np.moveaxis(image, axis, 0).astype(np.int64)           # (in_size, ...)
+    total = np.full((out_size,) + pixels.shape[1:], 1 << (_PRECISION_BITS - 1), dtype=np.int64)  # +0.5: round
+    extra_dims = (1,) * (pixels.ndim - 1)
+    for t in range(weights.shape[1]):
+        index = np.minimum(first + t, in_size - 1)                   # past the window the weight is 0
+        total += pixels[index] * weights[:, t].reshape((out_size,) + extra_dims)
+    out = np.clip(total >> _PRECISION_BITS, 0, 255).astype(np.uint8)
+    return np.moveaxis(out, 0, axis)
+
+
+def resize_image(image, size, resample: int = 2) -> np.ndarray:
+    """Resize an 8-bit image exactly as Pillow's `Image.resize(size, resample)` does.
+
+    Shapes: (H, W) or (H, W, C) uint8 -> (size[0], size[1]) or (size[0], size[1], C) uint8.
+    resample: Pillow's codes 1 lanczos, 2 bilinear (the MobileNet processors'), 3 bicubic, 4 box, 5 hamming.
+    The width is resized first, then the height; each pass rounds to uint8 (see `resize_weights`).
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ShapeError(f"resize_image: image must be a (H, W) or (H, W, C) uint8 array, got {image.dtype} {image.shape}")
+    out_h, out_w = _pair(size, "resize_image", "size")
+    if min(out_h, out_w) < 1 or 0 in image.shape:
+        raise ShapeError(f"resize_image: cannot resize an image of shape {image.shape} to {size!r}")
+    if resample not in RESAMPLE_FILTERS:
+        raise ShapeError(f"resize_image: resample must be one of {sorted(RESAMPLE_FILTERS)} (Pillow's codes), "
+                         f"got {resample!r}")
+    for axis, size in _pass_order(image.shape[0], image.shape[1], out_h, out_w):
+        if image.shape[axis] != size:
+            image = _resize_axis(image, size, axis, resample)
+    return np.array(image)
+
+
+def _pass_order(in_h: int, in_w: int, out_h: int, out_w: int) -> list[tuple[int, int]]:
+    """The order of Pillow's two passes, as (axis, size): width first, unless the height shrinks
+    by more than twice as many pixels as the width does (then height first, which is cheaper).
+    The order matters because each pass rounds to uint8."""
+    if in_h - out_h > 0 and in_h - out_h > 2 * (in_w - out_w):
+        return [(0, out_h), (1, out_w)]
+    return [(1, out_w), (0, out_h)]
+
+
+def resize_image_naive(image, size, resample: int = 2) -> np.ndarray:
+    """Loop version of `resize_image`: every output value is a weighted sum over its input window."""
+    image = np.asarray(image)
+    out_h, out_w = _pair(size, "resize_image_naive", "size")
+    squeeze = image.ndim == 2
+    pixels = image[:, :, None] if squeeze else image
+    half = 1 << (_PRECISION_BITS - 1)
+
+    def one_pass(src, out_size, along_width):
+        in_size = src.shape[1] if along_width else src.shape[0]
+        first, weights = resize_weights(in_size, out_size, resample)
+        h, w, c = src.shape
+        dst = np.zeros((h, out_size, c) if along_width else (out_size, w, c), dtype=np.uint8)
+        for y in range(dst.shape[0]):
+            for x in range(dst.shape[1]):
+                for ch in range(c):
+                    o = x if along_width else y
+                    total = half
+                    for t in range(weights.shape[1]):
+                        i = first[o] + t
+                        if i < in_size and weights[o, t] != 0:
+                            total += int(src[y, i, ch] if along_width else src[i, x, ch]) * int(weights[o, t])
+                    dst[y, x, ch] = min(max(total >> _PRECISION_BITS, 0), 255)
+        return dst
+
+    for axis, size in _pass_order(pixels.shape[0], pixels.shape[1], out_h, out_w):
+        if pixels.shape[axis] != size:
+            pixels = one_pass(pixels, size, along_width=axis == 1)
+    return pixels[:, :, 0] if squeeze else pixels
