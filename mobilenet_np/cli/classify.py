@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     weights = weights_path(args)
     from ..weights import load
     classifier = ImageClassificationPipeline(load(weights))
-    results = [classify(classifier, path, args.top_k)
-               for path in progress(paths, len(paths), "classify", enabled=len(paths) > 1)]
+    with progress(paths, len(paths), "classify", enabled=len(paths) > 1) as items:
+        results = [classify(classifier, path, args.top_k) for path in items]
     if args.json:
         print_json({"command": "classify", "weights": str(weights), "model": args.model,
                     "architecture": type(classifier.model).__name__, "top_k": args.top_k, "results": results})

@@ -5,7 +5,7 @@
     load_model(args)                the network stored in that file
     add_output_arguments(parser)    --json and --force
     image_paths(arguments)          image files, with folders expanded to the images they hold
-    print_json(data) / format_table(headers, rows) / progress(items, ...)
+    print_json(data) / format_table(headers, rows) / with progress(items, ...) as items
 
 Human output is a plain text table; `--json` output is one JSON document on stdout, documented in
 docs/cli.md. Progress bars go to stderr, so they never mix with the JSON.
@@ -14,10 +14,11 @@ docs/cli.md. Progress bars go to stderr, so they never mix with the JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import ImageError
 
@@ -80,15 +81,25 @@ def image_paths(arguments: Sequence[str]) -> list[Path]:
     return paths
 
 
-def progress(items: Iterable, total: int, description: str, enabled: bool = True) -> Iterable:
-    """`items` with a tqdm progress bar on stderr when enabled and tqdm is installed, else `items` unchanged."""
-    if not enabled:
-        return items
+@contextlib.contextmanager
+def progress(items: Iterable, total: int, description: str, enabled: bool = True) -> Iterator[Iterable]:
+    """`with progress(items, ...) as items:` a tqdm progress bar on stderr, closed (and erased) on exit.
+
+    Without tqdm (it comes with the `convert` extra) or when not enabled, `items` come back unchanged.
+    Closing the bar also when an error leaves the loop keeps the error message on a line of its own.
+    """
     try:
         from tqdm import tqdm
-    except ImportError:  # tqdm is optional (the `convert` extra): no bar then
-        return items
-    return tqdm(items, total=total, desc=description, unit="image", file=sys.stderr, leave=False)
+    except ImportError:
+        enabled = False
+    if not enabled:
+        yield items
+        return
+    bar = tqdm(items, total=total, desc=description, unit="image", file=sys.stderr, leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def print_json(data: Any, file=None) -> None:

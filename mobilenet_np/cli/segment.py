@@ -82,7 +82,11 @@ def mask_image(class_map: np.ndarray):
 
 
 def overlay_image(image, class_map: np.ndarray, shares: list[dict], background: set[int]):
-    """The RGB image with every pixel of a class not in `background` tinted in its colour, plus a legend."""
+    """The RGB image with every pixel of a class not in `background` tinted in its colour, plus a legend.
+
+    The legend (top-left corner) is left out when it would cover more than a third of the image's
+    height or half its width (small images): the tint matters more than the legend.
+    """
     from PIL import Image
     palette = voc_palette()
     pixels = np.asarray(image, dtype=np.float32)                          # (H, W, 3)
@@ -95,7 +99,10 @@ def overlay_image(image, class_map: np.ndarray, shares: list[dict], background: 
 
 
 def draw_legend(image, entries: list[tuple[str, tuple[int, int, int]]]) -> None:
-    """Draw a box in the top-left corner of `image` (in place): one colour swatch and label per entry."""
+    """Draw a box in the top-left corner of `image` (in place): one colour swatch and label per entry.
+
+    Nothing is drawn when the box would be taller than a third of the image or wider than half of it.
+    """
     from PIL import ImageDraw, ImageFont
     font_size = max(10, min(image.size) // 32)
     font = ImageFont.load_default(size=font_size)
@@ -103,6 +110,8 @@ def draw_legend(image, entries: list[tuple[str, tuple[int, int, int]]]) -> None:
     line_height, margin = font_size + 4, 4
     text_width = max(draw.textlength(label, font=font) for label, _ in entries)
     box = (0, 0, int(3 * margin + line_height + text_width), 2 * margin + line_height * len(entries))
+    if box[2] > image.width / 2 or box[3] > image.height / 3:
+        return
     draw.rectangle(box, fill=(0, 0, 0, 160))
     for row, (label, colour) in enumerate(entries):
         top = margin + row * line_height
