@@ -6,6 +6,11 @@ the HDF5 file with mobilenet_np, and compare the logits (or last hidden state an
 and every hidden state with transformers. Errors are measured relative to the scale of the
 reference tensor: max |ours - theirs| / max |theirs|.
 
+The readable layers (mobilenet_v1.py, mobilenet_v2.py, deeplabv3.py on ops.py) are the implementation
+proven here: models are set to `reference = True` (see `readable`), since `model(x)` otherwise runs
+the fast path (mobilenet_np/fast.py, tested in test_fast.py). The end-to-end test over the config
+space checks the default call too, as that is what a user of a converted checkpoint gets.
+
 The mutation tests at the end break the implementation on purpose (padding side, BatchNorm epsilon,
 ReLU6 for ReLU, dilation) and check that the same comparison then fails.
 """
@@ -48,6 +53,12 @@ def converted_twin(torch_model, folder: Path):
     """save_pretrained -> weights_tools convert -> mobilenet_np.load: the model a user would get."""
     torch_model.save_pretrained(folder / "checkpoint")
     return mobilenet_np.load(convert_checkpoint(folder / "checkpoint", folder / "weights.h5", progress=False))
+
+
+def readable(model):
+    """`model`, set to run its readable layers (the path `record` and the notebooks use), not the fast path."""
+    model.reference = True
+    return model
 
 
 def relative_error(ours: np.ndarray, theirs: np.ndarray) -> float:
@@ -184,7 +195,7 @@ def test_seeded_random_model_from_a_config(architecture):
 @pytest.mark.parametrize("architecture", list(ARCHITECTURES))
 def test_output_objects_have_the_transformers_fields(architecture, tmp_path):
     torch_model = random_transformers_model(architecture, 0, depth_multiplier=0.25, num_labels=4)
-    np_model = converted_twin(torch_model, tmp_path)
+    np_model = readable(converted_twin(torch_model, tmp_path))
     x = np.random.default_rng(1).standard_normal((2, 3, 30, 26)).astype(np.float32)
     ours, theirs = np_model(x), torch_outputs(torch_model, x)
     assert type(ours).__name__ == type(theirs).__name__
@@ -229,7 +240,10 @@ def network_cases(draw):
 
 @given(network_cases())
 def test_networks_match_transformers_through_the_converter(case):
-    """float32 to FLOAT32_RTOL, and the same model in float64 (model.double()) to FLOAT64_RTOL."""
+    """float32 to FLOAT32_RTOL, and the same model in float64 (model.double()) to FLOAT64_RTOL.
+
+    Both the readable layers and the default call `model(x)` (the fast path) are checked.
+    """
     architecture, config, shape, seed = case
     torch_model = random_transformers_model(architecture, seed, **config)
     with tempfile.TemporaryDirectory() as folder:
@@ -238,11 +252,16 @@ def test_networks_match_transformers_through_the_converter(case):
     assert_same_parameters(np_model, torch_model)
     x = np.random.default_rng(seed).standard_normal(shape)
     assert_matches_transformers(np_model, torch_model, x.astype(np.float32), FLOAT32_RTOL)
-    assert_matches_transformers(np_model.astype(np.float64), torch_model.double(), x, FLOAT64_RTOL)
+    assert_matches_transformers(readable(np_model), torch_model, x.astype(np.float32), FLOAT32_RTOL)
+    model64 = np_model.astype(np.float64)
+    torch_model.double()
+    assert_matches_transformers(model64, torch_model, x, FLOAT64_RTOL)
+    assert_matches_transformers(readable(model64), torch_model, x, FLOAT64_RTOL)
 
 
-# The published sizes (and the published width multipliers), each once; DeepLab at 513 with a thin backbone.
-PUBLISHED_CASES = [
+# The published sizes and widths, each once (DeepLab at 513 with a thin backbone), then cases that make
+# sure every config switch is exercised both ways whatever examples hypothesis picks.
+EXPLICIT_CASES = [
     ("MobileNetV1ForImageClassification", dict(depth_multiplier=1.0, num_labels=1001), (1, 3, 224, 224)),
     ("MobileNetV1ForImageClassification", dict(depth_multiplier=0.75, num_labels=1001), (1, 3, 192, 192)),
     ("MobileNetV1ForImageClassification", dict(depth_multiplier=0.5, num_labels=10), (2, 3, 160, 160)),
@@ -254,14 +273,26 @@ PUBLISHED_CASES = [
     ("MobileNetV2ForImageClassification", dict(depth_multiplier=0.35, num_labels=10), (3, 3, 96, 96)),
     ("MobileNetV2ForSemanticSegmentation", dict(depth_multiplier=0.5, output_stride=8, num_labels=21), (1, 3, 513, 513)),
     ("MobileNetV2ForSemanticSegmentation", dict(depth_multiplier=1.0, output_stride=16, num_labels=21), (1, 3, 128, 128)),
+    # the TFLite DeepLab 257 model's config (TF DeepLab rounds channels with divisible_by 1)
+    ("MobileNetV2ForSemanticSegmentation", dict(depth_multiplier=0.5, output_stride=8, depth_divisible_by=1,
+                                                num_labels=21), (1, 3, 257, 257)),
+    ("MobileNetV2ForImageClassification", dict(depth_multiplier=0.5, tf_padding=False, first_layer_is_expansion=False,
+                                               finegrained_output=False, num_labels=7), (2, 3, 97, 75)),
+    ("MobileNetV2ForSemanticSegmentation", dict(depth_multiplier=0.35, output_stride=16, tf_padding=False,
+                                                num_labels=3), (3, 3, 67, 51)),
+    ("MobileNetV2Model", dict(depth_multiplier=1.4, min_depth=16, depth_divisible_by=4, expand_ratio=4.0,
+                              output_stride=8), (1, 3, 45, 61)),
+    ("MobileNetV1ForImageClassification", dict(depth_multiplier=0.75, hidden_act="relu", tf_padding=False,
+                                               num_labels=5), (2, 3, 99, 67)),
+    ("MobileNetV1Model", dict(depth_multiplier=0.25, min_depth=32), (3, 3, 3, 5)),
 ]
 
 
-@pytest.mark.parametrize("architecture, config, shape", PUBLISHED_CASES,
-                         ids=[f"{a}-{c['depth_multiplier']}-{s[2]}" for a, c, s in PUBLISHED_CASES])
-def test_published_sizes_match_transformers(architecture, config, shape, tmp_path):
+@pytest.mark.parametrize("architecture, config, shape", EXPLICIT_CASES,
+                         ids=[f"{a}-{c['depth_multiplier']}-{s[2]}x{s[3]}" for a, c, s in EXPLICIT_CASES])
+def test_explicit_cases_match_transformers(architecture, config, shape, tmp_path):
     torch_model = random_transformers_model(architecture, 1, **config)
-    np_model = converted_twin(torch_model, tmp_path)
+    np_model = readable(converted_twin(torch_model, tmp_path))
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     assert_matches_transformers(np_model, torch_model, x, FLOAT32_RTOL)
 
@@ -273,7 +304,7 @@ def test_published_sizes_match_transformers(architecture, config, shape, tmp_pat
 def test_float64_golden_outputs(architecture, config, size, tmp_path):
     """Converted float32 weights cast to float64 and float64 inputs: float64 everywhere, ~1e-14 from torch."""
     torch_model = random_transformers_model(architecture, 2, **config)
-    np_model = converted_twin(torch_model, tmp_path).astype(np.float64)
+    np_model = readable(converted_twin(torch_model, tmp_path).astype(np.float64))
     assert all(v.dtype == np.float64 for k, v in np_model.params.items() if not k.endswith("num_batches_tracked"))
     x = np.random.default_rng(2).standard_normal((2, 3, *size))
     assert_matches_transformers(np_model, torch_model.double(), x, FLOAT64_RTOL)
@@ -345,14 +376,14 @@ def test_comparison_fails_on_a_mutated_implementation(mutation, tmp_path, monkey
     torch_model.save_pretrained(tmp_path / "checkpoint")
     weights = convert_checkpoint(tmp_path / "checkpoint", tmp_path / "weights.h5", progress=False)
     x = np.random.default_rng(3).standard_normal(shape)
-    assert_matches_transformers(mobilenet_np.load(weights), torch_model, x.astype(np.float32), FLOAT32_RTOL)
+    assert_matches_transformers(readable(mobilenet_np.load(weights)), torch_model, x.astype(np.float32), FLOAT32_RTOL)
 
     introduce_bug(monkeypatch)
-    mutant = mobilenet_np.load(weights)  # built after the change (dilation is decided when building)
+    mutant = readable(mobilenet_np.load(weights))  # built after the change (dilation is decided when building)
     with pytest.raises(AssertionError, match="relative error"):
         assert_matches_transformers(mutant, torch_model, x.astype(np.float32), FLOAT32_RTOL)
     with pytest.raises(AssertionError, match="relative error") as failure:
-        assert_matches_transformers(mutant.astype(np.float64), torch_model.double(), x, FLOAT64_RTOL)
+        assert_matches_transformers(readable(mutant.astype(np.float64)), torch_model.double(), x, FLOAT64_RTOL)
     error = float(str(failure.value).split("relative error ")[1].split()[0])
     assert error > 1e5 * FLOAT64_RTOL, f"{mutation}: error {error:.3g} is not far above the tolerance"
 
@@ -366,7 +397,7 @@ def test_align_corners_of_the_head_cannot_matter(tmp_path, monkeypatch):
     """
     torch_model = random_transformers_model("MobileNetV2ForSemanticSegmentation", 4, depth_multiplier=0.25,
                                             output_stride=8, num_labels=3)
-    np_model = converted_twin(torch_model, tmp_path).astype(np.float64)
+    np_model = readable(converted_twin(torch_model, tmp_path).astype(np.float64))
     x = np.random.default_rng(4).standard_normal((1, 3, 45, 38))
     correct, interpolate = np_model(x).logits, ops.interpolate_bilinear
     upsampled_shapes = []
