@@ -6,9 +6,10 @@ the result in a cache folder:
     $MOBILENET_NP_CACHE/<org>--<name>.h5            (default folder: $XDG_CACHE_HOME/mobilenet-np,
                                                      i.e. ~/.cache/mobilenet-np)
 
-A cached file is used as it is, offline too. A missing one is downloaded with huggingface_hub (which
-honours HF_HUB_OFFLINE and its own cache) and converted with weights_tools.convert; both come with
-the `convert` extra (`pip install "mobilenet-np[convert]"`), so they are imported only here, on demand.
+A cached file is used as it is, offline too. A missing one is converted by weights_tools.convert,
+which downloads the checkpoint with huggingface_hub (honouring HF_HUB_OFFLINE and the Hub's own
+cache); both need the `convert` extra (`pip install "mobilenet-np[convert]"`), so they are imported
+only here, on demand.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ import os
 import re
 from pathlib import Path
 
-from .errors import WeightsError
+from .errors import ConversionError, WeightsError
 
 CACHE_ENV = "MOBILENET_NP_CACHE"
-# The files a transformers checkpoint needs (weights in either format; the converter picks one).
-CHECKPOINT_FILES = ["config.json", "preprocessor_config.json", "*.safetensors", "pytorch_model.bin"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
@@ -42,47 +41,34 @@ def cached_weights_path(model_id: str, cache: Path | None = None) -> Path:
 
 
 def resolve(model_id: str, cache: Path | None = None) -> Path:
-    """The HDF5 weights of a Hub id: the cached file, or a fresh conversion of the downloaded checkpoint."""
+    """The HDF5 weights of a Hub id: the cached file, else a fresh conversion written into the cache.
+
+    The conversion is `weights_tools.convert.convert_checkpoint(model_id, ...)`: it downloads the
+    checkpoint with huggingface_hub (or finds it in the Hub's own cache, e.g. offline) and records
+    the Hub id and revision as the file's provenance.
+    """
     path = cached_weights_path(model_id, cache)
     if path.is_file():
         return path
-    checkpoint = download_checkpoint(model_id, path)
+    how_to = f"pass --weights FILE.h5 instead, or put a converted file at {path}"
     try:
         from weights_tools.convert import convert_checkpoint
     except ImportError as e:
-        raise WeightsError(f"{model_id}: converting a transformers checkpoint needs weights_tools and the 'convert' "
-                           f"extra (pip install 'mobilenet-np[convert]'; missing {e.name}); or pass --weights "
-                           "FILE.h5") from None
+        raise WeightsError(f"{model_id}: not in the cache ({path}) and converting it needs weights_tools and the "
+                           f"'convert' extra (pip install 'mobilenet-np[convert]'; missing {e.name}); {how_to}") from None
+    if _offline_and_not_in_hub_cache(model_id):
+        raise WeightsError(f"{model_id}: not in the cache ({path}), and the Hugging Face Hub is offline "
+                           f"(HF_HUB_OFFLINE is set) with no copy of it in its own cache; {how_to} (convert a "
+                           "checkpoint folder with `python -m weights_tools convert FOLDER OUT.h5`)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    convert_checkpoint(checkpoint, path, overwrite=False)
-    return path
-
-
-def _offline() -> bool:
-    """HF_HUB_OFFLINE as huggingface_hub reads it (also when set after huggingface_hub was imported)."""
-    from huggingface_hub import constants
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def download_checkpoint(model_id: str, cached_path: Path) -> Path:
-    """The local folder of the transformers checkpoint `model_id` (huggingface_hub's cache, or a download)."""
-    how_to = (f"pass --weights FILE.h5 instead (convert a checkpoint with `python -m weights_tools convert`), or put "
-              f"the converted file at {cached_path}")
     try:
-        import huggingface_hub
-        from huggingface_hub import errors
-    except ImportError:
-        raise WeightsError(f"{model_id}: not in the cache ({cached_path}) and downloading needs huggingface_hub "
-                           f"(pip install 'mobilenet-np[convert]'); {how_to}") from None
-    offline = _offline()
-    try:
-        folder = huggingface_hub.snapshot_download(model_id, allow_patterns=CHECKPOINT_FILES, local_files_only=offline)
-    except errors.LocalEntryNotFoundError:
-        reason = "the Hugging Face Hub is offline (HF_HUB_OFFLINE is set)" if offline else "the Hugging Face Hub is unreachable"
-        raise WeightsError(f"{model_id}: not in the cache ({cached_path}) and {reason}; {how_to}") from None
-    except errors.RepositoryNotFoundError:
-        raise WeightsError(f"{model_id}: no such model on the Hugging Face Hub (or it is private); {how_to}") from None
-    except (errors.HfHubHTTPError, OSError, ValueError) as e:
-        first_line = (str(e).splitlines() or [type(e).__name__])[0][:160]
-        raise WeightsError(f"{model_id}: download failed ({first_line}); {how_to}") from None
-    return Path(folder)
+        return convert_checkpoint(model_id, path, overwrite=False)
+    except ConversionError as e:
+        raise WeightsError(f"{model_id}: not in the cache ({path}) and not converted: {e}; or {how_to}") from None
+
+
+def _offline_and_not_in_hub_cache(model_id: str) -> bool:
+    """HF_HUB_OFFLINE is set and huggingface_hub's cache has no config.json of `model_id`."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    return offline and not isinstance(try_to_load_from_cache(model_id, "config.json"), str)

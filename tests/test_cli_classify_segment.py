@@ -13,12 +13,15 @@ import sys
 
 import numpy as np
 import pytest
+import transformers
 from PIL import Image
 
 import mobilenet_np
 from mobilenet_np.cli import main
 from mobilenet_np.cli.segment import OVERLAY_OPACITY, overlay_image, voc_palette
 from mobilenet_np.pipelines import pipeline
+
+from torch_reference import numpy_twin, random_transformers_model
 
 SEGMENTATION_LABELS = {0: "background", 1: "aeroplane", 2: "bicycle", 3: "bird"}
 
@@ -168,6 +171,30 @@ def test_model_offline_and_not_cached_says_how_to_pass_weights(files, tmp_path):
     assert result.stdout == ""
     one_line_error(result.returncode, result.stderr, "google/mobilenet_v2_1.0_224", "offline", "--weights",
                    tmp_path / "cache" / "google--mobilenet_v2_1.0_224.h5")
+
+
+def test_model_converted_from_the_hub_cache_when_offline(capsys, files, tmp_path):
+    """A checkpoint in huggingface_hub's cache is converted into the mobilenet-np cache, without network."""
+    snapshot = tmp_path / "hf" / "hub" / "models--acme--tiny_mobilenet" / "snapshots" / ("0" * 40)
+    model = random_transformers_model("MobileNetV2ForImageClassification", seed=3,
+                                                      depth_multiplier=0.35, image_size=32, num_labels=4)
+    model.save_pretrained(snapshot)
+    settings = {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}}
+    transformers.MobileNetV2ImageProcessorPil(**settings).save_pretrained(snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), MOBILENET_NP_CACHE=str(tmp_path / "cache"))
+    command = [sys.executable, "-m", "mobilenet_np", "classify", str(files["image"]), "--model", "acme/tiny_mobilenet",
+               "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    cached = tmp_path / "cache" / "acme--tiny_mobilenet.h5"
+    assert json.loads(result.stdout)["weights"] == str(cached)
+    assert mobilenet_np.load(cached).metadata["provenance"]["source"] == "acme/tiny_mobilenet"
+    twin = pipeline("image-classification", model=numpy_twin(model),
+                    image_processor=mobilenet_np.MobileNetV2ImageProcessor(**settings))
+    expected = twin(str(files["image"]))
+    assert [p["label"] for p in json.loads(result.stdout)["results"][0]["predictions"]] == [p["label"] for p in expected]
 
 
 # --------------------------------------------------------------------------------------------------
