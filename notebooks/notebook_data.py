@@ -77,12 +77,12 @@ def random_model(architecture: str, seed: int = 0, **config):
     return cls(cls.config_class(**config), seed=seed)
 
 
-def load_checkpoint(name: str, workdir: str | Path | None = None) -> Checkpoint:
+def load_checkpoint(name: str) -> Checkpoint:
     """Real weights for CHECKPOINTS[name]: the shared-data file, else the Hub, else random weights.
 
-    The shared-data file is imported with weights_tools into `workdir` (a fresh temporary folder by
-    default) and loaded: the same two steps a user runs on the command line. The model's
-    `metadata["image_processor"]` then says how its images must be prepared.
+    The shared-data file is imported with weights_tools into a temporary folder and loaded (the same
+    two steps a user runs on the command line); the folder is deleted once the weights are in memory.
+    The model's `metadata["image_processor"]` says how its images must be prepared.
     """
     spec = CHECKPOINTS[name]
     data = shared_data()
@@ -93,7 +93,8 @@ def load_checkpoint(name: str, workdir: str | Path | None = None) -> Checkpoint:
         reasons.append(f"{data / spec['file']} is absent")
     else:
         labels = data / spec["labels"] if (data / spec["labels"]).is_file() else None
-        imported = _import_file(data / spec["file"], labels, Path(workdir or tempfile.mkdtemp(prefix="mobilenet_np_")))
+        with tempfile.TemporaryDirectory(prefix="mobilenet_np_") as workdir:
+            imported = _import_file(data / spec["file"], labels, Path(workdir))
         if not isinstance(imported, str):
             return Checkpoint(imported, True, f"{spec['file']} imported with weights_tools")
         reasons.append(imported)
@@ -117,7 +118,7 @@ def _import_file(path: Path, labels: Path | None, workdir: Path):
         return f"the weights_tools importer is not available ({e})"
     out = workdir / (path.stem + ".h5")
     importer(path, out, labels=labels)
-    return mobilenet_np.load(out)
+    return mobilenet_np.load(out)          # reads every tensor into memory
 
 
 def transformers_twin(model):

@@ -21,7 +21,8 @@ from notebook_data import load_image
 
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "font.size": 9})
 rng = np.random.default_rng(0)
-_ = torch.set_grad_enabled(False)                               # inference only: no autograd bookkeeping
+_ = torch.set_grad_enabled(False)  # inference only: no autograd bookkeeping
+torch.set_num_threads(1)           # small tensors: more threads would mostly wait for each other
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notice when transformers loads
 
 # %% [markdown]

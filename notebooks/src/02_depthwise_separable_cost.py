@@ -26,7 +26,8 @@ from mobilenet_np.modeling_utils import ConvLayer
 from mobilenet_np.summary import conv_cost, summarize
 
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "font.size": 9})
-_ = torch.set_grad_enabled(False)
+_ = torch.set_grad_enabled(False)  # inference only: no autograd bookkeeping
+torch.set_num_threads(1)           # small tensors: more threads would mostly wait for each other
 warnings.filterwarnings("ignore", message="IProgress not found")
 rng = np.random.default_rng(0)
 

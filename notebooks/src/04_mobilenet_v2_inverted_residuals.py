@@ -19,7 +19,8 @@ import mobilenet_np
 from notebook_data import transformers_twin
 
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "font.size": 9})
-_ = torch.set_grad_enabled(False)
+_ = torch.set_grad_enabled(False)  # inference only: no autograd bookkeeping
+torch.set_num_threads(1)           # small tensors: more threads would mostly wait for each other
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notice when transformers loads
 
 # %% [markdown]

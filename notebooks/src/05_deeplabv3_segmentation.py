@@ -27,7 +27,8 @@ from mobilenet_np.summary import summarize
 from notebook_data import load_checkpoint, load_image, load_mask, transformers_twin
 
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "font.size": 9})
-_ = torch.set_grad_enabled(False)
+_ = torch.set_grad_enabled(False)  # inference only: no autograd bookkeeping
+torch.set_num_threads(1)           # small tensors: more threads would mostly wait for each other
 warnings.filterwarnings("ignore", message="IProgress not found")
 rng = np.random.default_rng(0)
 
