@@ -192,16 +192,24 @@ class PreTrainedModel:
         raise NotImplementedError
 
     # -- running --------------------------------------------------------------------------------------
-    def __call__(self, pixel_values, output_hidden_states: bool = False, record: Recorder | None = None):
+    reference: bool = False  # True: every call takes the readable path (as fast=False does)
+
+    def __call__(self, pixel_values, output_hidden_states: bool = False, record: Recorder | None = None,
+                 fast: bool | None = None):
         """Run the network on (N, num_channels, H, W) pixel values (float32 or float64).
 
         `record(name, tensor)`, when given, receives every intermediate tensor under its transformers
         module path. Returns the transformers output object of this architecture.
+        Without `record`, the fast path (mobilenet_np/fast.py: the same layers, BatchNorm folded,
+        channels-last) computes it, unless `fast=False` or `self.reference` asks for `forward` below.
         """
         pixel_values = check_pixel_values(pixel_values, self.config.num_channels)
         missing = [k for k in self.parameter_shapes() if k not in self.params]
         if missing:
             raise WeightsError(f"{type(self).__name__} has no weights for {len(missing)} tensors, e.g. {missing[0]}")
+        if record is None and (not self.reference if fast is None else fast):
+            from .fast import fast_forward
+            return fast_forward(self, pixel_values, output_hidden_states)
         record = no_record if record is None else record
         record("pixel_values", pixel_values)
         return self.forward(pixel_values, output_hidden_states, record)
