@@ -7,7 +7,8 @@ against the readable path and against transformers). `model(x)` uses it unless a
 given, `fast=False` is passed or `model.reference` is True.
 
 1. BatchNorm is folded into the convolution once per set of weights (`fold_batch_norm`):
-       BN(conv(x, w) + b) = conv(x, w * scale) + (b - mean) * scale + beta,  scale = gamma / sqrt(var + eps)
+       BN(conv(x, w) + b) = conv(x, w * scale) + (b * scale + shift)
+   with scale = gamma / sqrt(var + eps) and shift = beta - mean * scale, read off ops.batch_norm.
 2. Activations are channels-last (N, H, W, C). A pointwise (1x1) convolution is then one matrix product
    (N*H*W, C_in) @ (C_in, C_out), and a depthwise 3x3 convolution is 9 multiply-adds of whole rows of
    contiguous channel vectors.
@@ -40,10 +41,11 @@ from typing import Callable
 
 import numpy as np
 
-from .modeling_utils import (BaseModelOutputWithPoolingAndNoAttention, ConvLayer,
+from . import ops
+from .modeling_utils import (ACTIVATIONS, BaseModelOutputWithPoolingAndNoAttention, ConvLayer,
                              ImageClassifierOutputWithNoAttention, SemanticSegmenterOutput)
 
-__all__ = ["fast_forward", "fold_batch_norm", "tap_ranges", "build_plan", "get_plan", "clear_cache",
+__all__ = ["fast_forward", "batch_norm_affine", "fold_batch_norm", "tap_ranges", "build_plan", "get_plan", "clear_cache",
            "set_num_threads", "get_num_threads"]
 
 # A band of a depthwise layer (its output rows) or of a 1x1 layer (its matrix product's output rows)
@@ -142,11 +144,26 @@ def _threads_for(values: int) -> int:
 # weights and padding
 # --------------------------------------------------------------------------------------------------
 
+def batch_norm_affine(layer: ConvLayer, params: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Inference BatchNorm as the per-channel affine map it is: BN(x) = scale * x + shift, float64 (C,).
+
+        scale = gamma / sqrt(var + eps),    shift = beta - mean * scale
+
+    Both are read off `ops.batch_norm` itself, evaluated in float64 at x = 0 (giving shift) and at
+    x = 1 (giving scale + shift): the fast path uses exactly the readable path's BatchNorm.
+    """
+    p = f"{layer.name}.normalization."
+    probe = np.zeros((2, layer.out_channels, 1, 1))
+    probe[1] = 1.0
+    statistics = (params[p + name].astype(np.float64) for name in ("running_mean", "running_var", "weight", "bias"))
+    y = ops.batch_norm(probe, *statistics, layer.norm_eps)[:, :, 0, 0]       # (2, C)
+    return y[1] - y[0], y[0]
+
+
 def fold_batch_norm(layer: ConvLayer, params: dict[str, np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:
     """The layer's convolution with its BatchNorm folded in: weight (C_out, C_in/groups, k, k), bias (C_out,).
 
-        BN(conv(x, w) + b) = (conv(x, w) + b - mean) * scale + beta        scale = gamma / sqrt(var + eps)
-                           = conv(x, w * scale) + (b - mean) * scale + beta
+        BN(conv(x, w) + b) = scale * (conv(x, w) + b) + shift = conv(x, w * scale) + (b * scale + shift)
 
     Computed in float64 and rounded once to `dtype`. A layer without BatchNorm keeps its weights
     (and gets a zero bias when it has none).
@@ -155,10 +172,9 @@ def fold_batch_norm(layer: ConvLayer, params: dict[str, np.ndarray], dtype) -> t
     bias = params.get(f"{layer.name}.convolution.bias")
     bias = np.zeros(layer.out_channels) if bias is None else bias.astype(np.float64)
     if layer.norm_eps is not None:
-        p = f"{layer.name}.normalization."
-        scale = params[p + "weight"] / np.sqrt(params[p + "running_var"].astype(np.float64) + layer.norm_eps)
+        scale, shift = batch_norm_affine(layer, params)
         weight = weight * scale[:, None, None, None]
-        bias = (bias - params[p + "running_mean"]) * scale + params[p + "bias"]
+        bias = bias * scale + shift
     return weight.astype(dtype), bias.astype(dtype)
 
 
@@ -309,15 +325,16 @@ class Plan:
 # --------------------------------------------------------------------------------------------------
 
 def _activation(name: str | None, dtype) -> Callable[[np.ndarray], None] | None:
-    """The activation as an in-place function (None for a linear layer)."""
-    zero, six = dtype.type(0), dtype.type(6)
-    if name == "relu6":
-        return lambda y: np.clip(y, zero, six, out=y)
-    if name == "relu":
-        return lambda y: np.maximum(y, zero, out=y)
+    """The layer's activation (from modeling_utils.ACTIVATIONS, as the readable path) working in place."""
     if name is None:
         return None
-    raise ValueError(f"fast path: unknown activation {name!r}")
+    function = ACTIVATIONS[name]
+    zero, six = dtype.type(0), dtype.type(6)
+    if function is ops.relu6:
+        return lambda y: np.clip(y, zero, six, out=y)
+    if function is ops.relu:
+        return lambda y: np.maximum(y, zero, out=y)
+    return lambda y: np.copyto(y, function(y))               # any other activation, out of place
 
 
 class SaveHiddenState(Step):
@@ -329,7 +346,7 @@ class SaveHiddenState(Step):
 
     def run(self, views, context):
         if context["hidden_states"] is not None:
-            context["hidden_states"].append(np.ascontiguousarray(views[self.value].transpose(0, 3, 1, 2)))
+            context["hidden_states"].append(_nchw(views[self.value]))
 
 
 class MatMul(Step):
@@ -641,8 +658,11 @@ def _deeplab_head(b: PlanBuilder, model, features: Value) -> Value:
 
 
 def _nchw(array: np.ndarray) -> np.ndarray:
-    """A new (N, C, H, W) array from an (N, H, W, C) one (outputs must not point into the arena)."""
-    return np.ascontiguousarray(array.transpose(0, 3, 1, 2))
+    """A new (N, C, H, W) array from an (N, H, W, C) one: a copy, since the arena will be reused.
+
+    (np.ascontiguousarray would not do: with H = W = 1 the transposed view is already contiguous.)
+    """
+    return array.transpose(0, 3, 1, 2).copy()
 
 
 def build_plan(model, input_shape: tuple[int, ...], dtype) -> Plan:
