@@ -469,3 +469,21 @@ def test_real_keras_weights_agree_with_pytorch_and_float64(shared_data, tmp_path
         status, report = compare_json(capsys, files["golden", "float64"], candidate)
         assert status == 0, report["first_divergence"]
         assert max(t["max_rel_error"] for t in report["tensors"]) < FLOAT32_MAX_REL_ERROR
+
+
+def test_float64_weights_keep_their_precision_on_both_sides(networks, tmp_path, capsys):
+    """A float64 weights file run in float64: NumPy and PyTorch agree to 1e-12 (no float32 rounding anywhere)."""
+    _, model, _ = networks["MobileNetV1ForImageClassification"]
+    precise = model.astype(np.float64)
+    rng = np.random.default_rng(0)
+    for key, value in precise.params.items():   # digits that float32 cannot hold
+        if value.dtype == np.float64 and not key.endswith("running_var"):
+            precise.params[key] = value + rng.normal(0, 1e-9, value.shape)
+    weights = tmp_path / "float64.h5"
+    precise.save_pretrained(weights)
+    numpy_out, torch_out = tmp_path / "numpy.h5", tmp_path / "torch.h5"
+    assert np_main(["golden", "--weights", str(weights), "--seed", "0", "--out", str(numpy_out), "--dtype", "float64"]) == 0
+    assert tools_main(["golden-torch", "--weights", str(weights), "--seed", "0", "--out", str(torch_out),
+                       "--dtype", "float64"]) == 0
+    status, report = compare_json(capsys, numpy_out, torch_out, "--rtol", "1e-12", "--atol", "1e-12")
+    assert status == 0, report["first_divergence"]

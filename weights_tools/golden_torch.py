@@ -92,8 +92,11 @@ class ModelSource:
     weights_sha256: str     # of the HDF5 file, or of the checkpoint's model.safetensors / pytorch_model.bin
 
 
-def transformers_model_from_weights(path):
-    """(transformers model in eval mode, ModelSource) from a mobilenet-np HDF5 weights file (config + state_dict)."""
+def transformers_model_from_weights(path, dtype=np.float32):
+    """(transformers model in eval mode, ModelSource) from a mobilenet-np HDF5 weights file (config + state_dict).
+
+    The model's parameters have `dtype` before the weights are copied in, so a float64 file keeps its precision.
+    """
     import torch
     import transformers
 
@@ -102,7 +105,7 @@ def transformers_model_from_weights(path):
     weights = read_weights(path)
     model_class = getattr(transformers, weights.architecture)
     config = model_class.config_class.from_dict(weights.config)
-    model = model_class(config).eval()
+    model = model_class(config).eval().to(_torch_dtype(dtype))
     state_dict = {k: torch.tensor(np.asarray(v)) for k, v in weights.tensors.items()}
     expected = model.state_dict()
     problems = [f"missing {k}" for k in expected if k not in state_dict]
@@ -112,13 +115,12 @@ def transformers_model_from_weights(path):
     if problems:
         raise WeightsError(f"{path}: does not fit transformers {weights.architecture}: {'; '.join(problems[:3])}"
                            + (f" ... ({len(problems)} problems)" if len(problems) > 3 else ""))
-    # load_state_dict copies into the model's float32 parameters (a float64 file is rounded here).
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state_dict.items()}, strict=True)
     return model, ModelSource(weights.architecture, weights.config, weights.image_processor, str(path),
                               golden.file_sha256(path))
 
 
-def transformers_model_from_checkpoint(folder):
+def transformers_model_from_checkpoint(folder, dtype=np.float32):
     """(transformers model in eval mode, ModelSource) from a checkpoint folder (config.json + model.safetensors)."""
     import transformers
 
@@ -140,7 +142,7 @@ def transformers_model_from_checkpoint(folder):
         raise ConversionError(f"{folder}: no weights file (expected one of {', '.join(CHECKPOINT_WEIGHTS_FILES)})")
     model_class = getattr(transformers, architectures[0])
     try:
-        model = model_class.from_pretrained(folder).eval()
+        model = model_class.from_pretrained(folder, dtype=_torch_dtype(dtype)).eval()
     except (OSError, ValueError, RuntimeError) as e:
         raise ConversionError(f"{folder}: transformers cannot load it ({str(e).splitlines()[0][:160]})") from None
     return model, ModelSource(architectures[0], model.config.to_dict(), _image_processor_of_checkpoint(folder),
@@ -169,16 +171,18 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _torch_dtype(dtype):
     import torch
+    return torch.float64 if np.dtype(dtype) == np.float64 else torch.float32
 
+
+def run(args: argparse.Namespace) -> int:
     out = check_output_path(args.out, args.force)
-    if args.weights:
-        model, source = transformers_model_from_weights(args.weights)
-    else:
-        model, source = transformers_model_from_checkpoint(args.checkpoint)
     dtype = golden.DTYPES[args.dtype]
-    model = model.to(torch.float64 if dtype == np.float64 else torch.float32)
+    if args.weights:
+        model, source = transformers_model_from_weights(args.weights, dtype)
+    else:
+        model, source = transformers_model_from_checkpoint(args.checkpoint, dtype)
     pixel_values, input_info = pixel_values_from_args(args, source.architecture, source.config,
                                                       source.image_processor, dtype)
     tensors = record_transformers(model, pixel_values)
