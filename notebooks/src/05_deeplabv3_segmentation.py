@@ -132,8 +132,8 @@ assert fields[32][-1][1] == fields[16][-1][1] == fields[8][-1][1]   # same recep
 
 # %% [markdown]
 # The receptive field of 491 pixels is the same at every output stride; the cost is not (the later
-# layers run on 4 or 16 times more pixels). That is why output stride 16 is the usual compromise on a
-# phone. On the image: the dots are the 33×33 output pixels at output stride 16, the square is the
+# layers run on 4 or 16 times more pixels). That is why mobile models often run at output stride 16,
+# like the TFLite model used here. On the image: the dots are the 33×33 output pixels at output stride 16, the square is the
 # receptive field of the centre one, and the crosses are where the centre output's last depthwise 3×3
 # filter (`layer.15`, dilation 2 on a grid of spacing 16) reads, 32 image pixels apart: exactly where a
 # stride-32 network without dilation would read.
@@ -165,8 +165,8 @@ plt.show()
 # %% [markdown]
 # ## The head: a pooling branch and a 1×1 branch
 #
-# transformers' `MobileNetV2DeepLabV3Plus` is the DeepLabV3 head reduced to two branches (as in the
-# MobileNet V2 paper, section 6.3):
+# transformers' `MobileNetV2DeepLabV3Plus` is the DeepLabV3 head without its atrous branches, the
+# configuration of Google's mobile DeepLab models; two branches remain:
 #
 # * **image pooling**: average the whole feature map to one vector (global context: "this is an
 #   outdoor scene with a bird"), a 1×1 convolution to 256 channels, then back to the map's size (from

@@ -2,7 +2,7 @@
 # # 6 · Golden references for ports
 #
 # Say you are porting MobileNet V2 to C for a microcontroller, to Rust, or to a GPU shader. Your port
-# runs, prints a class, and the class is wrong. Which of the 150 layers is broken? The answer is a
+# runs, prints a class, and the class is wrong. Which of its 52 convolutions is broken? The answer is a
 # **golden reference**: run a trusted implementation once, record *every* intermediate tensor under a
 # stable name, run the port on the same input, record the same tensors, and compare them in network
 # order. The first tensor that disagrees names the layer with the bug.
