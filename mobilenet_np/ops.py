@@ -50,8 +50,10 @@ def _pair(value, op: str, name: str) -> tuple[int, int]:
 
 
 def _float_dtype(*arrays) -> np.dtype:
-    """float32 unless an input is float64 (ints and float16 are computed in float32)."""
-    return np.result_type(np.float32, *[a.dtype for a in arrays if a is not None])
+    """float64 if any input is float64, else float32 (ints and float16 are computed in float32)."""
+    if any(a is not None and a.dtype == np.float64 for a in arrays):
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
 
 
 def _as_array(x, op: str, name: str, ndim: int | None = None) -> np.ndarray:
@@ -97,18 +99,23 @@ def tf_same_padding_amounts(in_size: int, kernel: int, stride: int, dilation: in
     return before * dilation, after * dilation
 
 
+def _pad_arguments(x, kernel_size, stride, dilation, op):
+    x = _as_array(x, op, "x", ndim=4)
+    (kh, kw), (sh, sw), (dh, dw) = (_pair(v, op, n) for v, n in
+                                    ((kernel_size, "kernel_size"), (stride, "stride"), (dilation, "dilation")))
+    if min(kh, kw) < 1 or min(sh, sw) < 1 or min(dh, dw) < 1:
+        raise ShapeError(f"{op}: kernel_size, stride and dilation must be positive, "
+                         f"got kernel_size={kernel_size}, stride={stride}, dilation={dilation}")
+    return x, (kh, kw), (sh, sw), (dh, dw)
+
+
 def pad_tf_same(x, kernel_size, stride, dilation=1) -> np.ndarray:
     """Zero-pad an (N, C, H, W) array the way TensorFlow "SAME" (transformers `apply_tf_padding`) does.
 
     Shapes: (N, C, H, W) -> (N, C, H + top + bottom, W + left + right), with the amounts of
     `tf_same_padding_amounts` per axis (asymmetric: the extra row/column goes at the bottom/right).
     """
-    x = _as_array(x, "pad_tf_same", "x", ndim=4)
-    (kh, kw), (sh, sw), (dh, dw) = (_pair(v, "pad_tf_same", n) for v, n in
-                                    ((kernel_size, "kernel_size"), (stride, "stride"), (dilation, "dilation")))
-    if min(kh, kw) < 1 or min(sh, sw) < 1 or min(dh, dw) < 1:
-        raise ShapeError(f"pad_tf_same: kernel_size, stride and dilation must be positive, "
-                         f"got kernel_size={kernel_size}, stride={stride}, dilation={dilation}")
+    x, (kh, kw), (sh, sw), (dh, dw) = _pad_arguments(x, kernel_size, stride, dilation, "pad_tf_same")
     top, bottom = tf_same_padding_amounts(x.shape[2], kh, sh, dh)
     left, right = tf_same_padding_amounts(x.shape[3], kw, sw, dw)
     return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
@@ -116,10 +123,7 @@ def pad_tf_same(x, kernel_size, stride, dilation=1) -> np.ndarray:
 
 def pad_tf_same_naive(x, kernel_size, stride, dilation=1) -> np.ndarray:
     """Loop version of `pad_tf_same`: allocate the padded array and copy every pixel into place."""
-    x = np.asarray(x)
-    kh, kw = _pair(kernel_size, "pad_tf_same_naive", "kernel_size")
-    sh, sw = _pair(stride, "pad_tf_same_naive", "stride")
-    dh, dw = _pair(dilation, "pad_tf_same_naive", "dilation")
+    x, (kh, kw), (sh, sw), (dh, dw) = _pad_arguments(x, kernel_size, stride, dilation, "pad_tf_same_naive")
     n, c, h, w = x.shape
     top, bottom = tf_same_padding_amounts(h, kh, sh, dh)
     left, right = tf_same_padding_amounts(w, kw, sw, dw)
@@ -360,7 +364,7 @@ def _elementwise_naive(x, function):
 
 def relu_naive(x) -> np.ndarray:
     """Loop version of `relu`."""
-    return _elementwise_naive(x, lambda v: v if v > 0 else 0)
+    return _elementwise_naive(x, lambda v: 0 if v < 0 else v)  # NaN stays NaN, as in relu
 
 
 def relu6_naive(x) -> np.ndarray:
