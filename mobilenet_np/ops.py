@@ -31,6 +31,7 @@ __all__ = [
     "linear", "linear_naive",
     "interpolate_bilinear", "interpolate_bilinear_naive",
     "softmax", "softmax_naive",
+    "resize_image", "resize_image_naive", "resize_weights",
 ]
 
 

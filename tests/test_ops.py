@@ -304,9 +304,11 @@ OPS = {
 
 
 def test_every_op_is_covered():
-    """Each op of ops.__all__ (but the two padding helpers) is in OPS with its naive twin."""
+    """Each op of ops.__all__ (but the helpers, and resize_image, tested against Pillow below) is in OPS."""
     tested = {f.__name__ for op in OPS.values() for f in (op.fast, op.naive)}
-    assert set(ops.__all__) - {"conv_output_size", "tf_same_padding_amounts"} == tested
+    checked_elsewhere = {"conv_output_size", "tf_same_padding_amounts", "resize_image", "resize_image_naive",
+                         "resize_weights"}
+    assert set(ops.__all__) - checked_elsewhere == tested
 
 
 @pytest.mark.parametrize("name", OPS)
@@ -518,3 +520,66 @@ def test_assert_close_rejects_a_broken_result(break_result):
     assert_close(out, expected, growth=3)
     with pytest.raises(AssertionError):
         assert_close(break_result(out), expected, growth=3)
+
+
+# --------------------------------------------------------------------------------------------------
+# resize_image: the image processors' resize, which must equal Pillow's Image.resize bit for bit
+# --------------------------------------------------------------------------------------------------
+
+PIL_FILTERS = {1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+@st.composite
+def image_resize_cases(draw, max_size: int):
+    rng = draw_rng(draw)
+    h, w = draw(st.integers(1, max_size)), draw(st.integers(1, max_size))
+    out_h, out_w = draw(st.integers(1, max_size)), draw(st.integers(1, max_size))
+    channels = draw(st.sampled_from([None, 3]))  # mode "L" or "RGB"
+    shape = (h, w) if channels is None else (h, w, channels)
+    if draw(st.booleans()):  # smooth content (real photos) as well as noise
+        image = np.clip(np.cumsum(rng.integers(-12, 13, shape), axis=1) + 128, 0, 255).astype(np.uint8)
+    else:
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+    return image, (out_h, out_w), draw(st.sampled_from(sorted(PIL_FILTERS)))
+
+
+@given(case=image_resize_cases(max_size=300))
+def test_resize_image_equals_pillow_exactly(case):
+    # Tolerance: none. The image processors' pixel values must equal transformers' PIL backend.
+    from PIL import Image
+
+    image, (out_h, out_w), resample = case
+    expected = np.asarray(Image.fromarray(image).resize((out_w, out_h), resample=resample))
+    np.testing.assert_array_equal(ops.resize_image(image, (out_h, out_w), resample), expected)
+
+
+@pytest.mark.parametrize("in_size, out_size", [((224, 300), (160, 80)), ((300, 224), (80, 160)), ((10, 40), (30, 12))])
+def test_resize_image_pass_order_matters_and_is_pillows(in_size, out_size):
+    # Each pass rounds to uint8, so width-then-height differs from height-then-width; Pillow picks
+    # the order from how much each axis shrinks. The other order must NOT match (the test can fail).
+    from PIL import Image
+
+    image = np.random.default_rng(0).integers(0, 256, in_size + (3,), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(image).resize(out_size[::-1], resample=2))
+    ours = ops.resize_image(image, out_size, 2)
+    np.testing.assert_array_equal(ours, expected)
+    (first_axis, first_size), (second_axis, second_size) = ops._pass_order(*in_size, *out_size)
+    other = ops._resize_axis(ops._resize_axis(image, second_size, second_axis, 2), first_size, first_axis, 2)
+    assert not np.array_equal(other, expected)
+
+
+@given(case=image_resize_cases(max_size=12))
+def test_resize_image_fast_matches_naive(case):
+    image, size, resample = case
+    np.testing.assert_array_equal(ops.resize_image(image, size, resample), ops.resize_image_naive(image, size, resample))
+
+
+@pytest.mark.parametrize("image, size, resample, message", [
+    (np.zeros((4, 4, 3), np.float32), (2, 2), 2, r"resize_image: image must be .* uint8 array, got float32 \(4, 4, 3\)"),
+    (np.zeros((4,), np.uint8), (2, 2), 2, r"resize_image: image must be .*got uint8 \(4,\)"),
+    (np.zeros((4, 4, 3), np.uint8), (0, 2), 2, r"resize_image: cannot resize an image of shape \(4, 4, 3\) to \(0, 2\)"),
+    (np.zeros((4, 4, 3), np.uint8), (2, 2), 0, r"resize_image: resample must be one of"),
+])
+def test_resize_image_bad_arguments(image, size, resample, message):
+    with pytest.raises(ValueError, match=message):
+        ops.resize_image(image, size, resample)
