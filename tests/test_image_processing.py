@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -91,6 +91,7 @@ def test_fields_and_defaults_are_transformers_ones():
     assert MobileNetV2ImageProcessor().do_reduce_labels == transformers.MobileNetV2ImageProcessorPil().do_reduce_labels
 
 
+@settings(max_examples=60)  # cheap examples: more of the mode x size x setting space
 @given(mode=st.sampled_from(MODES), height=st.integers(1, 600), width=st.integers(1, 600),
        setting=st.sampled_from(SETTINGS), cls=st.sampled_from(list(PAIRS)), seed=st.integers(0, 2**16))
 def test_pil_images_and_paths_equal_transformers(tmp_path_factory, mode, height, width, setting, cls, seed):

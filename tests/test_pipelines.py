@@ -17,7 +17,7 @@ from PIL import Image
 
 import mobilenet_np
 from mobilenet_np.errors import ConfigError, ImageError
-from mobilenet_np.pipelines import ImageClassificationPipeline, image_processor_for, pipeline
+from mobilenet_np.pipelines import ImageClassificationPipeline, image_processor_for, pipeline, ranked_classes
 from weights_tools.convert import convert_checkpoint
 
 from torch_reference import numpy_twin, random_transformers_model
@@ -72,9 +72,11 @@ def sample_images(tmp_path):
     """Images of several modes and sizes, as PIL images, a file path and a numpy array."""
     rng = np.random.default_rng(0)
     rgb = Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8))
+    # Pipelines drop alpha (transformers' load_image), unlike the processor, which composites onto white.
+    rgba = Image.fromarray(rng.integers(0, 256, (50, 130, 4), dtype=np.uint8), "RGBA")
     path = tmp_path / "image.png"
-    Image.fromarray(rng.integers(0, 256, (50, 130, 4), dtype=np.uint8), "RGBA").save(path)
-    return [rgb, rgb.convert("L").resize((100, 40)), rgb.convert("RGBA"), rgb.convert("P"), str(path),
+    rgba.save(path)
+    return [rgb, rgb.convert("L").resize((100, 40)), rgba, rgb.convert("P"), str(path),
             np.asarray(rgb.resize((33, 77)))]
 
 
@@ -144,6 +146,14 @@ def test_random_model_without_stored_processor(tmp_path):
     assert sorted(p["label"] for p in result) == ["LABEL_0", "LABEL_1", "LABEL_2"]
     assert abs(sum(p["score"] for p in result) - 1) < 1e-6
     assert [p["score"] for p in result] == sorted((p["score"] for p in result), reverse=True)
+
+
+def test_ties_keep_the_lower_class_first_as_transformers_stable_sort():
+    scores = np.random.default_rng(0).integers(0, 3, 1000).astype(np.float32)  # many exact ties
+    # transformers: a list of {"label", "score"} in class order, sorted by score with reverse=True (stable)
+    expected = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
+    assert ranked_classes(scores, None) == expected
+    assert ranked_classes(scores, 7) == expected[:7]
 
 
 def test_errors(checkpoints):
