@@ -408,9 +408,9 @@ class Depthwise(Step):
     """k x k depthwise convolution, channels-last: for each tap, out[rows, cols] += x[shifted] * w[tap].
 
     Output rows are cut into bands (each thread takes a run of them). Within a band every tap
-    updates the sub-rectangle of outputs that read real (non-padding) input pixels. The first tap
-    that covers the whole band writes it (no zero fill), then bias and activation follow while the
-    band is in cache. Slices are worked out once, here.
+    updates the sub-rectangle of outputs that read real (non-padding) input pixels. A tap that
+    covers the whole band writes it first (no zero fill), then bias and activation follow while the
+    band is in cache.
     """
 
     def __init__(self, layer: ConvLayer, x: Value, out: Value, weight: np.ndarray, bias: np.ndarray,
@@ -437,10 +437,14 @@ class Depthwise(Step):
         self.threads = len(self.bands)
 
     def _band(self, first_row, stop_row, row_taps, col_taps, s):
-        """Output rows [first_row, stop_row): (rows, first tap or None, other taps); a tap is
-        (covers band, input slices, output slices, scratch slices, weights)."""
+        """Output rows [first_row, stop_row): (rows, first tap, other taps), slices worked out here.
+
+        A tap is (input slices, output slices, scratch slices, weights). The first tap covers the
+        whole band: with ConvLayer's paddings (TF "SAME" or symmetric) the tap that reads input pixel
+        (y*s, x*s) for output (y, x) always exists, and it never reads padding.
+        """
         every = slice(None)
-        taps = []
+        first, taps = None, []
         for i, (r0, r1, in_r0) in enumerate(row_taps):
             y0, y1 = max(first_row, r0), min(stop_row, r1)
             for j, (c0, c1, in_c0) in enumerate(col_taps):
@@ -450,27 +454,27 @@ class Depthwise(Step):
                 target = (every, slice(y0, y1), slice(c0, c1))
                 temp = (every, slice(0, y1 - y0), slice(0, c1 - c0))
                 weight = self.weight[i, j, c0:c1] if self.weight.ndim == 4 else self.weight[i, j]
-                covers = (y0, y1, c0, c1) == (first_row, stop_row, 0, self.out.shape[2])
-                taps.append((covers, source, target, temp, weight))
-        taps.sort(key=lambda tap: not tap[0])                            # a covering tap first, if any
-        first = taps[0] if taps and taps[0][0] else None
-        return slice(first_row, stop_row), first, taps[1:] if first else taps
+                if first is None and (y0, y1, c0, c1) == (first_row, stop_row, 0, self.out.shape[2]):
+                    first = (source, target, weight)
+                else:
+                    taps.append((source, target, temp, weight))
+        if first is None:
+            raise ValueError(f"fast path: no kernel tap covers output rows {first_row}..{stop_row - 1} "
+                             f"of a depthwise layer {self.x.shape} -> {self.out.shape}")
+        return slice(first_row, stop_row), first, taps
 
     def run(self, views, context):
         x, out = views[self.x], views[self.out]
 
         def work(t):
             temp = views["scratch"][t][: self.scratch_values].reshape(self.scratch_shape)
-            for rows, first, taps in self.bands[t]:
-                band = out[:, rows]
-                if first is None:
-                    band.fill(0)
-                else:
-                    np.multiply(x[first[1]], first[4], out=out[first[2]])
-                for _, source, target, temp_slice, weight in taps:
+            for rows, (source, target, weight), taps in self.bands[t]:
+                np.multiply(x[source], weight, out=out[target])             # the first tap writes the band
+                for source, target, temp_slice, weight in taps:
                     product = temp[temp_slice]
                     np.multiply(x[source], weight, out=product)
                     np.add(out[target], product, out=out[target])
+                band = out[:, rows]
                 np.add(band, self.bias, out=band)
                 if self.activation is not None:
                     self.activation(band)

@@ -1,0 +1,285 @@
+"""The fast path (mobilenet_np/fast.py) against the readable path and against transformers.
+
+The fast path computes the same function in another order (BatchNorm folded into the weights,
+channels-last, bands on threads), so results agree up to float rounding. Errors are measured as in
+test_networks.py, relative to the scale of the reference tensor: max |fast - reference| / max |reference|.
+
+Tolerances:
+  * float32: 1e-4 (measured up to ~2e-5 against transformers and against the readable path);
+  * float64: 1e-10 (measured ~1e-14): the folded weights are computed in float64 and rounded once.
+
+The kernels are checked one layer at a time over every geometry a ConvLayer can have (kernel,
+stride, dilation, both paddings, sizes down to 1 pixel), with the band and thread settings shrunk so
+that tiny inputs are cut into many bands on several threads; the networks are checked end to end on
+random configs. No test here measures time (benchmarks/bench.py does).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
+
+import mobilenet_np
+from mobilenet_np import fast, ops
+from mobilenet_np.modeling_utils import ConvLayer, random_parameters
+
+from torch_reference import numpy_twin, random_transformers_model, torch_outputs
+
+FLOAT32_RTOL = 1e-4
+FLOAT64_RTOL = 1e-10
+
+
+def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
+    assert ours.shape == reference.shape, f"shape {ours.shape} != reference {reference.shape}"
+    assert ours.dtype == reference.dtype, f"dtype {ours.dtype} != reference {reference.dtype}"
+    scale = float(np.max(np.abs(reference)))
+    return float(np.max(np.abs(ours - reference))) / max(scale, 1e-30)
+
+
+def assert_outputs_close(ours, reference, rtol: float, what: str) -> None:
+    """Every field of two output objects (hidden states included) within rtol; reference may be torch's."""
+    assert list(ours.keys()) == list(reference.keys()), what
+    for name in ours.keys():
+        pairs = zip(ours[name], reference[name]) if name == "hidden_states" else [(ours[name], reference[name])]
+        for i, (a, b) in enumerate(pairs):
+            b = b.numpy() if isinstance(b, torch.Tensor) else b
+            error = relative_error(a, b)
+            assert error <= rtol, f"{what}: {name}[{i}] relative error {error:.3g} > {rtol:g}"
+
+
+@pytest.fixture
+def small_bands(monkeypatch):
+    """Cut even tiny layers into many bands on 3 threads, so every splitting path runs."""
+    monkeypatch.setattr(fast, "DEPTHWISE_BAND_BYTES", 1)          # one output row per band
+    monkeypatch.setattr(fast, "GEMM_BAND_BYTES", 64)               # a few pixels per band
+    monkeypatch.setattr(fast, "PARALLEL_MIN_VALUES", 1)
+    threads = fast.get_num_threads()
+    fast.set_num_threads(3)
+    yield
+    fast.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------------------------------
+# the pieces
+# --------------------------------------------------------------------------------------------------
+
+@given(in_size=st.integers(1, 20), kernel=st.integers(1, 5), stride=st.integers(1, 3), dilation=st.integers(1, 3),
+       pad_before=st.integers(0, 6), pad_after=st.integers(0, 6))
+def test_tap_ranges_list_exactly_the_outputs_that_read_real_pixels(in_size, kernel, stride, dilation, pad_before,
+                                                                   pad_after):
+    out_size = ops.conv_output_size(in_size, kernel, stride, pad_before + pad_after, dilation)
+    assume(out_size >= 1)
+    for k, (first, stop, first_input) in enumerate(fast.tap_ranges(in_size, out_size, kernel, stride, dilation,
+                                                                    pad_before)):
+        inside = [o for o in range(out_size) if 0 <= o * stride + k * dilation - pad_before < in_size]
+        assert list(range(first, stop)) == inside
+        if inside:
+            assert first_input == inside[0] * stride + k * dilation - pad_before
+
+
+@given(lifetimes=st.lists(st.tuples(st.integers(1, 100), st.integers(0, 4)), min_size=1, max_size=30))
+def test_allocate_slots_never_shares_a_slot_between_live_values(lifetimes):
+    """Value i is written by step i and read until step i + extra; sizes are random."""
+    values = [fast.Value((size,), written=i, last_read=i + extra) for i, (size, extra) in enumerate(lifetimes)]
+    sizes = fast.allocate_slots(values)
+    for a in values:
+        assert sizes[a.slot] >= a.size
+        for b in values:
+            if a is not b and a.slot == b.slot:
+                assert a.last_read < b.written or b.last_read < a.written, (a, b)
+    assert sum(sizes) <= sum(v.size for v in values)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_folded_batch_norm_equals_conv_then_batch_norm(dtype):
+    layer = ConvLayer("layer", 6, 5, 3, stride=2, bias=True, norm_eps=1e-3, activation=None, tf_padding=True)
+    params = {k: v.astype(dtype) for k, v in random_parameters(layer.parameter_shapes(), seed=1).items()}
+    x = np.random.default_rng(0).standard_normal((2, 6, 9, 8)).astype(dtype)
+    weight, bias = fast.fold_batch_norm(layer, params, dtype)
+    assert weight.dtype == bias.dtype == dtype
+    folded = ops.conv2d(ops.pad_tf_same(x, 3, 2), weight, bias, stride=2)
+    error = relative_error(folded, layer(x, params))
+    assert error <= (FLOAT32_RTOL if dtype == np.float32 else FLOAT64_RTOL), error
+
+
+layer_geometries = st.fixed_dictionaries({
+    "kernel_size": st.integers(1, 5), "stride": st.integers(1, 3), "dilation": st.integers(1, 3),
+    "depthwise": st.booleans(), "tf_padding": st.booleans(), "bias": st.booleans(),
+    "batch_norm": st.booleans(), "activation": st.sampled_from([None, "relu", "relu6"]),
+})
+
+
+@settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(geometry=layer_geometries, batch=st.integers(1, 3), channels=st.integers(1, 12), height=st.integers(1, 11),
+       width=st.integers(1, 11), float64=st.booleans(), split_gemm=st.booleans(), tile=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_each_kernel_equals_the_readable_conv_layer(small_bands, monkeypatch, geometry, batch, channels, height,
+                                                    width, float64, split_gemm, tile, seed):
+    """One ConvLayer through PlanBuilder.conv (Depthwise, MatMul or Im2col + MatMul) vs ConvLayer.__call__."""
+    g = dict(geometry)
+    depthwise = g.pop("depthwise")
+    assume(not (depthwise and channels == 1))                 # that is a plain convolution, drawn anyway
+    layer = ConvLayer("layer", channels, channels if depthwise else 7, g.pop("kernel_size"),
+                      groups=channels if depthwise else 1,
+                      norm_eps=1e-3 if g.pop("batch_norm") else None, **g)
+    assume(min(layer.output_size(height, width)) >= 1)
+    monkeypatch.setattr(fast, "TILE_BYTES", 1 << 30 if tile else 0)
+    dtype = np.float64 if float64 else np.float32
+    params = {k: v.astype(dtype) for k, v in random_parameters(layer.parameter_shapes(), seed).items()}
+    x = np.random.default_rng(seed).standard_normal((batch, channels, height, width)).astype(dtype)
+
+    builder = fast.PlanBuilder(params, dtype)
+    builder.split_gemm = split_gemm
+    out = builder.conv(layer, builder.input(x.shape))
+    plan = fast.Plan(builder.steps, builder.values, dtype, lambda views, context: fast._nchw(views[out]))
+    ours = plan.run(x, output_hidden_states=False)
+    error = relative_error(ours, layer(x, params))
+    assert error <= (FLOAT64_RTOL if float64 else FLOAT32_RTOL), f"{layer}: relative error {error:.3g}"
+
+
+# --------------------------------------------------------------------------------------------------
+# the networks
+# --------------------------------------------------------------------------------------------------
+
+@st.composite
+def network_cases(draw):
+    """(architecture, transformers config kwargs, input shape, dtype) over the config space."""
+    architecture = draw(st.sampled_from(["MobileNetV1Model", "MobileNetV1ForImageClassification", "MobileNetV2Model",
+                                         "MobileNetV2ForImageClassification", "MobileNetV2ForSemanticSegmentation"]))
+    config = {"depth_multiplier": draw(st.sampled_from([0.25, 0.35, 0.5, 0.75])),
+              "tf_padding": draw(st.booleans()), "hidden_act": draw(st.sampled_from(["relu6", "relu"]))}
+    if architecture.startswith("MobileNetV2"):
+        config["output_stride"] = draw(st.sampled_from([8, 16, 32] if "Segmentation" not in architecture else [8, 16]))
+        config["first_layer_is_expansion"] = draw(st.booleans())
+    if architecture.endswith(("Classification", "Segmentation")):
+        config["num_labels"] = draw(st.integers(0 if "Classification" in architecture else 1, 12))
+    shape = (draw(st.integers(1, 3)), 3, draw(st.integers(1, 70)), draw(st.integers(1, 70)))
+    return architecture, config, shape, draw(st.sampled_from([np.float32, np.float64]))
+
+
+@settings(max_examples=20)
+@given(case=network_cases(), seed=st.integers(0, 2**16))
+def test_fast_path_equals_readable_path_and_transformers(case, seed):
+    architecture, config, shape, dtype = case
+    torch_model = random_transformers_model(architecture, seed, **config)
+    model = numpy_twin(torch_model, architecture)
+    if dtype == np.float64:
+        model, torch_model = model.astype(np.float64), torch_model.double()
+    x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    rtol = FLOAT64_RTOL if dtype == np.float64 else FLOAT32_RTOL
+
+    ours = model(x, output_hidden_states=True)                      # the default call: the fast path
+    assert_outputs_close(ours, model(x, output_hidden_states=True, fast=False), rtol, f"{architecture} vs readable")
+    assert_outputs_close(ours, torch_outputs(torch_model, x), rtol, f"{architecture} vs transformers")
+
+
+@pytest.mark.parametrize("architecture, config, size", [
+    ("MobileNetV1ForImageClassification", dict(num_labels=1001), 224),
+    ("MobileNetV2ForImageClassification", dict(num_labels=1001), 224),
+    ("MobileNetV2ForSemanticSegmentation", dict(num_labels=21, output_stride=8), 257),
+])
+def test_published_sizes_match_transformers(architecture, config, size):
+    """The benchmarked networks at full width (DeepLab at 257 rather than 513, to keep the suite quick)."""
+    torch_model = random_transformers_model(architecture, 0, **config)
+    model = numpy_twin(torch_model)
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    assert_outputs_close(model(x, output_hidden_states=True), torch_outputs(torch_model, x), FLOAT32_RTOL, architecture)
+
+
+# --------------------------------------------------------------------------------------------------
+# how the fast path is chosen, cached and shared
+# --------------------------------------------------------------------------------------------------
+
+def small_model(architecture="MobileNetV2ForImageClassification"):
+    cls = getattr(mobilenet_np, architecture)
+    return cls(cls.config_class(depth_multiplier=0.25, num_labels=5), seed=3)
+
+
+def pixels(seed=0, shape=(2, 3, 33, 29)):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_readable_path_is_taken_when_asked_or_recording(monkeypatch):
+    model = small_model()
+    fast_logits = model(pixels()).logits
+    monkeypatch.setattr(fast, "fast_forward", lambda *args: pytest.fail("the fast path ran"))
+    readable = [model(pixels(), fast=False).logits, model(pixels(), record=lambda name, tensor: None).logits]
+    model.reference = True
+    readable.append(model(pixels()).logits)
+    for logits in readable:
+        assert relative_error(fast_logits, logits) <= FLOAT32_RTOL
+    with pytest.raises(pytest.fail.Exception, match="the fast path ran"):
+        model(pixels(), fast=True)
+
+
+def test_outputs_are_fresh_arrays_and_the_arena_is_reused():
+    model = small_model("MobileNetV2Model")
+    first = model(pixels(0), output_hidden_states=True)
+    kept = [first.last_hidden_state.copy()] + [h.copy() for h in first.hidden_states]
+    model(pixels(1), output_hidden_states=True)                    # same shape: same plan, same arena
+    assert len(model._fast_plans) == 1
+    for before, after in zip(kept, [first.last_hidden_state, *first.hidden_states]):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_new_weights_rebuild_the_plan_and_weights_are_read_only():
+    model = small_model()
+    model(pixels())
+    key = "mobilenet_v2.layer.2.conv_3x3.normalization.running_var"
+    with pytest.raises(ValueError, match="read-only"):
+        model.params[key][0] = 5.0                                 # the plan holds folded copies
+    model.params[key] = model.params[key] * 3.0                    # a new array: noticed
+    assert relative_error(model(pixels()).logits, model(pixels(), fast=False).logits) <= FLOAT32_RTOL
+    model.load_state_dict(small_model().state_dict() | {key: np.full_like(model.params[key], 0.5)})
+    assert relative_error(model(pixels()).logits, model(pixels(), fast=False).logits) <= FLOAT32_RTOL
+
+
+def test_input_dtype_and_weight_dtype_promote_as_in_the_readable_path():
+    model = small_model()
+    assert model(pixels()).logits.dtype == np.float32
+    assert model(pixels().astype(np.float64)).logits.dtype == np.float64          # float64 pixels
+    model64 = model.astype(np.float64)
+    ours, readable = model64(pixels()).logits, model64(pixels(), fast=False).logits   # float64 weights
+    assert ours.dtype == readable.dtype == np.float64
+    assert relative_error(ours, readable) <= FLOAT64_RTOL
+
+
+def test_thread_counts_and_blas_modes_give_the_same_result(monkeypatch):
+    model = small_model("MobileNetV2ForSemanticSegmentation")
+    x = pixels(shape=(2, 3, 65, 47))
+    reference = model(x, fast=False).logits
+    threads = fast.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            fast.set_num_threads(n)
+            assert relative_error(model(x).logits, reference) <= FLOAT32_RTOL, n
+        monkeypatch.setattr(fast, "_blas_controller_cache", False)    # as without threadpoolctl
+        fast.clear_cache(model)
+        assert relative_error(model(x).logits, reference) <= FLOAT32_RTOL
+    finally:
+        fast.set_num_threads(threads)
+    with pytest.raises(ValueError, match="int >= 1"):
+        fast.set_num_threads(0)
+
+
+def test_concurrent_calls_on_one_model_each_get_their_own_arena():
+    model = small_model()
+    inputs = [pixels(seed) for seed in range(4)]
+    expected = [model(x, fast=False).logits for x in inputs]
+    results: dict[int, np.ndarray] = {}
+
+    def run(i):
+        for _ in range(3):
+            results[i] = model(inputs[i]).logits
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for i in range(4):
+        assert relative_error(results[i], expected[i]) <= FLOAT32_RTOL, i
