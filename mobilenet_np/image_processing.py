@@ -48,6 +48,12 @@ def _pil():
     return Image, ImageOps
 
 
+def _bomb_error(name: str, error: Exception) -> ImageError:
+    Image, _ = _pil()
+    return ImageError(f"{name}: refused as a possible decompression bomb ({error}); expected an image of at most "
+                      f"{Image.MAX_IMAGE_PIXELS} pixels")
+
+
 def _safely_loaded(image, name: str):
     """`image` with its pixels read; Pillow's decoding problems (truncated data, bombs) -> ImageError."""
     Image, _ = _pil()
@@ -57,8 +63,7 @@ def _safely_loaded(image, name: str):
         try:
             image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageError(f"{name}: refused as a possible decompression bomb ({e}); expected an image of at most "
-                             f"{Image.MAX_IMAGE_PIXELS} pixels") from None
+            raise _bomb_error(name, e) from None
         except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt pixel data
             raise ImageError(f"{name}: damaged image data ({_first_line(e)}); expected a complete image file") from None
     return image
@@ -77,8 +82,7 @@ def open_image(path):
         except FileNotFoundError:
             raise ImageError(f"{path}: no such image file") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageError(f"{path}: refused as a possible decompression bomb ({e}); expected an image of at most "
-                             f"{Image.MAX_IMAGE_PIXELS} pixels") from None
+            raise _bomb_error(str(path), e) from None
         except Image.UnidentifiedImageError:
             what = "an empty file" if path.stat().st_size == 0 else "not an image Pillow can read"
             raise ImageError(f"{path}: {what}; expected an image file (PNG, JPEG, BMP, ...)") from None
