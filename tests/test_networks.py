@@ -148,7 +148,7 @@ def test_from_dict_takes_a_transformers_config_dict_as_is(ours, theirs):
 def test_published_configs_load_with_their_values(shared_data):
     for folder in sorted((shared_data / "hf_configs").iterdir()):
         d = json.loads((folder / "config.json").read_text())
-        ours = dict(ARCHITECTURES)[d["architectures"][0]][1].config_class.from_dict(d)
+        ours = ARCHITECTURES[d["architectures"][0]][1].config_class.from_dict(d)
         theirs = transformers.AutoConfig.from_pretrained(folder)
         for name in type(theirs).__annotations__:
             assert getattr(ours, name) == getattr(theirs, name), (folder.name, name)

@@ -104,7 +104,7 @@ def download_from_hub(repo_id: str, revision: str | None = None) -> Path:
             folder = Path(snapshot_download(repo_id, revision=revision,
                                             allow_patterns=light_files + [PYTORCH_NAME, PYTORCH_NAME + ".index.json"]))
     except LocalEntryNotFoundError:
-        if constants.HF_HUB_OFFLINE:
+        if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
             why = f"offline mode is on (HF_HUB_OFFLINE=1) and it is not in the Hub cache {constants.HF_HUB_CACHE}"
         else:
             why = f"the Hugging Face Hub cannot be reached (no network?) and it is not in the Hub cache {constants.HF_HUB_CACHE}"
