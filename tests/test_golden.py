@@ -425,6 +425,10 @@ def test_metrics_of_special_cases():
     assert zeros["cosine_similarity"] == 1.0 and zeros["max_rel_error"] == 0.0
     with_nan = golden.compare_tensors(x, np.array([0.0, np.nan, -2.0]), 1, 1)
     assert with_nan["num_out_of_tolerance"] == 1 and np.isnan(with_nan["max_abs_error"])
+    assert np.isnan(with_nan["cosine_similarity"])
+    assert golden.compare_tensors(x, np.zeros(3), 0, 0)["cosine_similarity"] == 0.0
+    infinite = golden.compare_tensors(np.array([np.inf, 1.0]), np.array([np.inf, 1.0]), 0, 0)
+    assert infinite["num_out_of_tolerance"] == 1          # inf - inf is NaN: not a match
     with pytest.raises(golden.GoldenError, match="tolerances must be >= 0"):
         golden.compare_goldens(golden.Golden({"a": x}), golden.Golden({"a": x}), rtol=-1)
 
