@@ -42,6 +42,7 @@ def hooked_module_names(model) -> list[str]:
 
     names = []
     for name, module in model.named_modules():
+        # _DropoutNd: the base class of every torch Dropout module (Dropout, Dropout2d, AlphaDropout, ...)
         if not name or isinstance(module, (PreTrainedModel, torch.nn.ModuleList, torch.nn.ModuleDict,
                                            torch.nn.modules.dropout._DropoutNd)):
             continue
