@@ -14,7 +14,7 @@ import argparse
 
 from ..pipelines import ImageClassificationPipeline, ranked_classes
 from .common import (add_model_arguments, add_output_arguments, format_table, image_paths, print_json, progress,
-                     weights_path)
+                     load_model)
 
 
 def positive_int(text: str) -> int:
@@ -49,13 +49,12 @@ def classify(classifier: ImageClassificationPipeline, path, top_k: int) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     paths = image_paths(args.images)
-    weights = weights_path(args)
-    from ..weights import load
-    classifier = ImageClassificationPipeline(load(weights))
+    classifier = ImageClassificationPipeline(load_model(args))
+    weights = classifier.model.metadata["path"]
     with progress(paths, len(paths), "classify", enabled=len(paths) > 1) as items:
         results = [classify(classifier, path, args.top_k) for path in items]
     if args.json:
-        print_json({"command": "classify", "weights": str(weights), "model": args.model,
+        print_json({"command": "classify", "weights": weights, "model": args.model,
                     "architecture": type(classifier.model).__name__, "top_k": args.top_k, "results": results})
         return 0
     for n, result in enumerate(results):

@@ -22,7 +22,7 @@ from ..errors import ConfigError, OutputExistsError
 from ..fileio import atomic_output
 from ..image_processing import load_image
 from ..pipelines import ImageSegmentationPipeline
-from .common import add_model_arguments, add_output_arguments, format_table, print_json, weights_path
+from .common import add_model_arguments, add_output_arguments, format_table, print_json, load_model
 
 OVERLAY_OPACITY = 0.5   # how much of the class colour goes into a tinted pixel
 
@@ -145,9 +145,8 @@ def run(args: argparse.Namespace) -> int:
     overlay_path = Path(args.overlay) if args.overlay else None
     _check_outputs([mask_path] + ([overlay_path] if overlay_path else []), args.force)
     image = load_image(args.image)                                         # RGB PIL image
-    weights = weights_path(args)
-    from ..weights import load
-    segmenter = ImageSegmentationPipeline(load(weights))
+    segmenter = ImageSegmentationPipeline(load_model(args))
+    weights = segmenter.model.metadata["path"]
     class_map = segmenter.class_map(image)                                 # (H, W) class ids
     shares = class_shares(class_map, segmenter.id2label)
     _save_png(mask_image(class_map), mask_path, args.force)
@@ -156,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         _save_png(overlay_image(image, class_map, shares, background), overlay_path, args.force)
 
     if args.json:
-        print_json({"command": "segment", "image": str(args.image), "weights": str(weights), "model": args.model,
+        print_json({"command": "segment", "image": str(args.image), "weights": weights, "model": args.model,
                     "architecture": type(segmenter.model).__name__, "width": image.width, "height": image.height,
                     "mask": str(mask_path), "overlay": str(overlay_path) if overlay_path else None,
                     "classes": shares})
