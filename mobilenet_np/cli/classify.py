@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 
 from ..pipelines import ImageClassificationPipeline, ranked_classes
-from .common import (add_model_arguments, add_output_arguments, format_table, image_paths, print_json, progress,
-                     load_model)
+from .common import (add_model_arguments, add_output_arguments, format_table, image_paths, load_model, print_json,
+                     progress)
 
 
 def positive_int(text: str) -> int:

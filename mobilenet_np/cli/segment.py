@@ -22,7 +22,7 @@ from ..errors import ConfigError, OutputExistsError
 from ..fileio import atomic_output
 from ..image_processing import load_image
 from ..pipelines import ImageSegmentationPipeline
-from .common import add_model_arguments, add_output_arguments, format_table, print_json, load_model
+from .common import add_model_arguments, add_output_arguments, format_table, load_model, print_json
 
 OVERLAY_OPACITY = 0.5   # how much of the class colour goes into a tinted pixel
 
