@@ -107,7 +107,8 @@ def download_from_hub(repo_id: str, revision: str | None = None) -> Path:
         if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
             why = f"offline mode is on (HF_HUB_OFFLINE=1) and it is not in the Hub cache {constants.HF_HUB_CACHE}"
         else:
-            why = f"the Hugging Face Hub cannot be reached (no network?) and it is not in the Hub cache {constants.HF_HUB_CACHE}"
+            why = ("the Hugging Face Hub cannot be reached (no network?) and it is not in the Hub cache "
+                   f"{constants.HF_HUB_CACHE}")
         raise ConversionError(f"{repo_id}: no such local folder; as a Hub model id: {why}; {hint}") from None
     except RepositoryNotFoundError:
         raise ConversionError(f"{repo_id}: no such local folder, and no such model on the Hugging Face Hub (or it is "
@@ -187,7 +188,8 @@ def read_pytorch_bin(path: Path, progress: bool = False) -> dict[str, np.ndarray
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ConversionError(f"{path}: expected a state_dict (a dict of tensors), got {type(state_dict).__name__}")
     tensors = {}
-    for key, value in tqdm(state_dict.items(), desc=f"reading {path.name}", unit="tensor", disable=tqdm_disable(progress)):
+    for key, value in tqdm(state_dict.items(), desc=f"reading {path.name}", unit="tensor",
+                           disable=tqdm_disable(progress)):
         value = value.detach().cpu()
         if value.dtype == torch.bfloat16:  # NumPy has no bfloat16; float32 holds it exactly
             value = value.float()

@@ -124,7 +124,8 @@ def register(subparsers) -> None:
         description="Convert a transformers MobileNetV1/V2 or DeepLabV3 checkpoint to a mobilenet-np HDF5 weights "
                     "file. SRC is a folder with config.json and model.safetensors (or pytorch_model.bin), or a "
                     "Hugging Face Hub model id (downloaded; offline, only the Hub cache is used).")
-    parser.add_argument("source", metavar="SRC", help="checkpoint folder or Hub model id, e.g. google/mobilenet_v2_1.0_224")
+    parser.add_argument("source", metavar="SRC",
+                        help="checkpoint folder or Hub model id, e.g. google/mobilenet_v2_1.0_224")
     parser.add_argument("out", metavar="OUT.h5", help="weights file to write")
     parser.add_argument("--revision", help="Hub branch, tag or commit (default: main)")
     parser.add_argument("--force", action="store_true", help="replace OUT.h5 if it exists")
