@@ -8,8 +8,8 @@ The published MobileNet checkpoints expect (N, 3, H, W) float32 pixel values mad
       -> rescale: * rescale_factor (1/255)                   values in [0, 1]
       -> normalize: (x - image_mean) / image_std (0.5, 0.5)   values in [-1, 1]
 
-Resizing uses Pillow, as transformers' PIL backend does (so the pixels match exactly); cropping,
-rescaling and normalizing are NumPy. `from_dict` reads a transformers preprocessor_config.json.
+Resizing is Pillow's antialiased resampling, written in NumPy (`ops.resize_image`) and equal to
+transformers' PIL backend bit for bit; cropping, rescaling and normalizing are NumPy too. `from_dict` reads a transformers preprocessor_config.json.
 
 Images may be paths, PIL images or NumPy arrays ((H, W, C) or (C, H, W), uint8 or float, C in 1, 3, 4;
 (H, W) grayscale; a 4-D array is a batch). Everything is converted to RGB first:
@@ -195,14 +195,18 @@ def _float_to_uint8_for_pil(image: np.ndarray, name: str) -> tuple[np.ndarray, b
 def resize(image: np.ndarray, size: tuple[int, int], resample: int, name: str = "image") -> np.ndarray:
     """(3, H, W) -> (3, size[0], size[1]) with Pillow's resampling filter `resample` (2 = bilinear).
 
+    `ops.resize_image` is Pillow's algorithm written in NumPy, equal to Pillow bit for bit.
+
     uint8 stays uint8. Float images go through uint8 (see `_float_to_uint8_for_pil`), as in transformers.
     """
-    Image, _ = _pil()
     scaled = False
     if image.dtype != np.uint8:
         image, scaled = _float_to_uint8_for_pil(image, name)
-    pil_image = Image.fromarray(np.ascontiguousarray(np.moveaxis(image, 0, -1)))    # (H, W, 3), RGB
-    resized = np.moveaxis(np.array(pil_image.resize((size[1], size[0]), resample=resample)), -1, 0)  # (3, h, w)
+    try:
+        resized = ops.resize_image(np.moveaxis(image, 0, -1), size, resample)  # (h, w, 3): Pillow's algorithm
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    resized = np.moveaxis(resized, -1, 0)                                       # (3, h, w)
     return rescale(resized, 1 / 255) if scaled else resized
 
 

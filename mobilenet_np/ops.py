@@ -31,7 +31,7 @@ __all__ = [
     "linear", "linear_naive",
     "interpolate_bilinear", "interpolate_bilinear_naive",
     "softmax", "softmax_naive",
-    "resize_image", "resize_image_naive", "resize_weights",
+    "resize_image", "resize_image_naive", "resize_weights", "nearest_indices",
 ]
 
 
@@ -579,6 +579,16 @@ def _lanczos_filter(x):  # Lanczos-3
 RESAMPLE_FILTERS = {1: (_lanczos_filter, 3.0), 2: (_triangle_filter, 1.0), 3: (_cubic_filter, 2.0),
                     4: (_box_filter, 0.5), 5: (_hamming_filter, 1.0)}
 _PRECISION_BITS = 32 - 8 - 2  # fixed-point fraction bits Pillow uses for 8-bit images
+NEAREST = 0
+
+
+def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+    """Input index of each output pixel for Pillow's "nearest": the pixel under the output pixel's centre,
+    (x + 0.5) * in_size / out_size, truncated. Pillow adds the step x times, so we add it the same way."""
+    step = in_size / out_size
+    steps = np.full(out_size, step)
+    steps[0] = 0.5 * step
+    return np.minimum(np.trunc(np.cumsum(steps)).astype(np.int64), in_size - 1)
 
 
 def resize_weights(in_size: int, out_size: int, resample: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -631,7 +641,8 @@ def resize_image(image, size, resample: int = 2) -> np.ndarray:
     """Resize an 8-bit image exactly as Pillow's `Image.resize(size, resample)` does.
 
     Shapes: (H, W) or (H, W, C) uint8 -> (size[0], size[1]) or (size[0], size[1], C) uint8.
-    resample: Pillow's codes 1 lanczos, 2 bilinear (the MobileNet processors'), 3 bicubic, 4 box, 5 hamming.
+    resample: Pillow's codes 0 nearest, 1 lanczos, 2 bilinear (the MobileNet processors'), 3 bicubic, 4 box,
+    5 hamming.
     The width is resized first, then the height; each pass rounds to uint8 (see `resize_weights`).
     """
     image = np.asarray(image)
@@ -640,9 +651,11 @@ def resize_image(image, size, resample: int = 2) -> np.ndarray:
     out_h, out_w = _pair(size, "resize_image", "size")
     if min(out_h, out_w) < 1 or 0 in image.shape:
         raise ShapeError(f"resize_image: cannot resize an image of shape {image.shape} to {size!r}")
-    if resample not in RESAMPLE_FILTERS:
-        raise ShapeError(f"resize_image: resample must be one of {sorted(RESAMPLE_FILTERS)} (Pillow's codes), "
-                         f"got {resample!r}")
+    if resample not in RESAMPLE_FILTERS and resample != NEAREST:
+        raise ShapeError(f"resize_image: resample must be one of {sorted([NEAREST, *RESAMPLE_FILTERS])} "
+                         f"(Pillow's codes), got {resample!r}")
+    if resample == NEAREST:
+        return image[nearest_indices(image.shape[0], out_h)][:, nearest_indices(image.shape[1], out_w)]
     for axis, size in _pass_order(image.shape[0], image.shape[1], out_h, out_w):
         if image.shape[axis] != size:
             image = _resize_axis(image, size, axis, resample)
@@ -662,6 +675,13 @@ def resize_image_naive(image, size, resample: int = 2) -> np.ndarray:
     """Loop version of `resize_image`: every output value is a weighted sum over its input window."""
     image = np.asarray(image)
     out_h, out_w = _pair(size, "resize_image_naive", "size")
+    if resample == NEAREST:
+        rows, cols = nearest_indices(image.shape[0], out_h), nearest_indices(image.shape[1], out_w)
+        out = np.empty((out_h, out_w) + image.shape[2:], dtype=image.dtype)
+        for y in range(out_h):
+            for x in range(out_w):
+                out[y, x] = image[rows[y], cols[x]]
+        return out
     squeeze = image.ndim == 2
     pixels = image[:, :, None] if squeeze else image
     half = 1 << (_PRECISION_BITS - 1)

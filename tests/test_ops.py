@@ -307,7 +307,7 @@ def test_every_op_is_covered():
     """Each op of ops.__all__ (but the helpers, and resize_image, tested against Pillow below) is in OPS."""
     tested = {f.__name__ for op in OPS.values() for f in (op.fast, op.naive)}
     checked_elsewhere = {"conv_output_size", "tf_same_padding_amounts", "resize_image", "resize_image_naive",
-                         "resize_weights"}
+                         "resize_weights", "nearest_indices"}
     assert set(ops.__all__) - checked_elsewhere == tested
 
 
@@ -526,7 +526,7 @@ def test_assert_close_rejects_a_broken_result(break_result):
 # resize_image: the image processors' resize, which must equal Pillow's Image.resize bit for bit
 # --------------------------------------------------------------------------------------------------
 
-PIL_FILTERS = {1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
 @st.composite
@@ -578,7 +578,7 @@ def test_resize_image_fast_matches_naive(case):
     (np.zeros((4, 4, 3), np.float32), (2, 2), 2, r"resize_image: image must be .* uint8 array, got float32 \(4, 4, 3\)"),
     (np.zeros((4,), np.uint8), (2, 2), 2, r"resize_image: image must be .*got uint8 \(4,\)"),
     (np.zeros((4, 4, 3), np.uint8), (0, 2), 2, r"resize_image: cannot resize an image of shape \(4, 4, 3\) to \(0, 2\)"),
-    (np.zeros((4, 4, 3), np.uint8), (2, 2), 0, r"resize_image: resample must be one of"),
+    (np.zeros((4, 4, 3), np.uint8), (2, 2), 7, r"resize_image: resample must be one of"),
 ])
 def test_resize_image_bad_arguments(image, size, resample, message):
     with pytest.raises(ValueError, match=message):
