@@ -257,7 +257,7 @@ def test_thread_counts_and_blas_modes_give_the_same_result(monkeypatch):
         for n in (1, 2, 3):
             fast.set_num_threads(n)
             assert relative_error(model(x).logits, reference) <= FLOAT32_RTOL, n
-        monkeypatch.setattr(fast, "_blas_controller_cache", False)    # as without threadpoolctl
+        monkeypatch.setattr(fast, "_blas_single_threaded", False)     # as without threadpoolctl
         fast.clear_cache(model)
         assert relative_error(model(x).logits, reference) <= FLOAT32_RTOL
     finally:
