@@ -32,6 +32,9 @@ SOURCES = NOTEBOOKS / "src"
 CELL_MARKER = "# %%"
 MARKDOWN_MARKER = "# %% [markdown]"
 CELL_TIMEOUT = 300          # seconds per cell when building (the tests use a tighter limit)
+# After a cell finishes, nbclient waits at most this long for each of its outputs; on a busy machine
+# the default (4 s) can run out and the outputs are then silently dropped. Raise instead of dropping.
+IOPUB_TIMEOUT = 60
 KERNEL = "python3"
 
 
@@ -78,6 +81,7 @@ def cells_of(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
 def execute(nb: nbformat.NotebookNode, timeout: int = CELL_TIMEOUT) -> nbformat.NotebookNode:
     """Run every cell in a fresh kernel with notebooks/ as working directory; raise on the first error."""
     client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, record_timing=False,
+                            iopub_timeout=IOPUB_TIMEOUT, raise_on_iopub_timeout=True,
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
     client.execute()
     # Cell ids are random per build; stable ids keep the diffs of rebuilt notebooks small.
