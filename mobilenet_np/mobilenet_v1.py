@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterator
 
-import numpy as np
 
 from . import ops
 from .configuration_utils import PretrainedConfig

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterator
 
-import numpy as np
 
 from . import ops
 from .configuration_utils import PretrainedConfig, _check, _check_int, _is_number

@@ -18,6 +18,26 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 SHARED_DATA = Path(os.environ.get("MOBILENET_NP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread_for_torch_and_blas():
+    """The test networks are small: one thread runs them about as fast as two, and on a shared 2-core
+    machine the spinning thread pools of torch and BLAS fighting over the cores made tests 10x slower.
+    (The fast path's own worker threads are tested in test_fast.py.)"""
+    from threadpoolctl import threadpool_limits
+
+    try:
+        import torch
+    except ImportError:  # the runtime tests do not need torch
+        torch = None
+    threads = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(1)
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+    if torch:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The ../shared/data folder; tests that need it are skipped (with the reason) when it is absent."""

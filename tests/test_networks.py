@@ -49,19 +49,6 @@ CONFIG_CLASSES = [(mobilenet_np.MobileNetV1Config, transformers.MobileNetV1Confi
 # helpers
 # --------------------------------------------------------------------------------------------------
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread_for_torch_and_blas():
-    """These models are small: one thread runs them as fast as two, and on a shared machine the spinning
-    thread pools of torch and BLAS fighting over the cores made this file ten times slower."""
-    from threadpoolctl import threadpool_limits
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-    torch.set_num_threads(threads)
-
-
 def converted_twin(torch_model, folder: Path):
     """save_pretrained -> weights_tools convert -> mobilenet_np.load: the model a user would get."""
     torch_model.save_pretrained(folder / "checkpoint")

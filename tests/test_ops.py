@@ -56,15 +56,6 @@ RTOL = {np.dtype(np.float32): RTOL32, np.dtype(np.float64): RTOL64}
 DTYPES = (np.float32, np.float64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The references are small: torch's thread pool costs more than it saves, badly so on 2 busy cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def to_torch(a):
     return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
 

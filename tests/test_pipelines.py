@@ -11,7 +11,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 import transformers
 from PIL import Image
 
@@ -20,7 +19,7 @@ from mobilenet_np.errors import ConfigError, ImageError
 from mobilenet_np.pipelines import ImageClassificationPipeline, image_processor_for, pipeline, ranked_classes
 from weights_tools.convert import convert_checkpoint
 
-from torch_reference import numpy_twin, random_transformers_model
+from torch_reference import random_transformers_model
 
 SCORE_ATOL = 1e-5
 
@@ -37,15 +36,6 @@ CHECKPOINTS = {
 }
 PROCESSORS = {"MobileNetV1": transformers.MobileNetV1ImageProcessorPil,
               "MobileNetV2": transformers.MobileNetV2ImageProcessorPil}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """PyTorch on one thread: on a shared 2-core machine its thread pool is many times slower than one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
