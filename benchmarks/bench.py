@@ -276,6 +276,14 @@ def measure_memory(engine: str, network: str, batch: int, threads: int, onnx_dir
 # the run
 # --------------------------------------------------------------------------------------------------
 
+def wait_until_quiet(load: float, longest: float) -> float:
+    """Sleep until the 1-minute load average is below `load` (other work on a shared machine), at most `longest` s."""
+    start = time.monotonic()
+    while os.getloadavg()[0] >= load and time.monotonic() - start < longest:
+        time.sleep(10)
+    return time.monotonic() - start
+
+
 def quartiles(seconds: list[float]) -> dict:
     q1, median, q3 = np.percentile(np.array(seconds) * 1e3, [25, 50, 75])
     return {"median_ms": float(median), "q1_ms": float(q1), "q3_ms": float(q3),
@@ -369,6 +377,9 @@ def main(argv=None) -> int:
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a quarter of the runs")
+    parser.add_argument("--wait-quiet", type=float, metavar="LOAD",
+                        help="first wait (up to --wait-max seconds) until the 1-minute load average is below LOAD")
+    parser.add_argument("--wait-max", type=float, default=1800.0)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/<machine>.json)")
     parser.add_argument("--force", action="store_true", help="replace an existing JSON file")
@@ -385,6 +396,9 @@ def main(argv=None) -> int:
     if output.exists() and not args.force:
         print(f"{output} exists already (pass --force to replace it)", file=sys.stderr)
         return 2
+    if args.wait_quiet is not None:
+        waited = wait_until_quiet(args.wait_quiet, args.wait_max)
+        print(f"waited {waited:.0f} s for a load average below {args.wait_quiet}", flush=True)
     print(f"{info['cpu']}, {info['cores']} cores; numpy {info['numpy']}, BLAS {info.get('blas')}; "
           f"threads {args.threads}; load average {os.getloadavg()}", flush=True)
     report = benchmark(args)
