@@ -139,7 +139,7 @@ plt.show()
 # %% [markdown]
 # The pseudo-inverse is only the simplest way back. To measure what is really lost, recover each point
 # the best possible way, from the coordinates ReLU kept: with $y = \mathrm{ReLU}(Tx)$ and $G =
-# \sum_{i\ 	ext{kept}} T_i T_i^\top$, the kept equations say $G x = T^\top y$, which has a unique
+# \sum_{i\ \text{kept}} T_i T_i^\top$, the kept equations say $G x = T^\top y$, which has a unique
 # solution exactly when $G$ has rank 2. We count how often that solution is the original point, over
 # many random $T$, and compare with the formula above.
 
