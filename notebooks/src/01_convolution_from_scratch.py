@@ -1,7 +1,7 @@
 # %% [markdown]
 # # 1 · Convolution from scratch
 #
-# Every layer of a MobileNet except the last one is a convolution, so this is where we start. In this
+# Nearly all the work of a MobileNet is done by convolutions, so this is where we start. In this
 # notebook we write a 2-D convolution three times: with plain loops (the definition), vectorised with
 # NumPy (how it is computed fast), and with the library op `mobilenet_np.ops.conv2d`. Each version is
 # checked against PyTorch. Then we look at the detail that trips up every port of a TensorFlow model:

@@ -118,7 +118,7 @@ print("PyTorch:", torch_cost(standard_torch, 14), torch_cost(separable_torch, 14
 # which is a standard convolution whose kernel is $K[o, c, i, j] = p_{o,c}\, d_c[i, j]$. So a separable
 # convolution can compute only those standard convolutions whose $D_K \times D_K$ kernels, for a given
 # input channel, are all multiples of one filter. That restriction is where the 8 to 9 times saving
-# comes from; the network makes up for it by being deeper. We can check the identity with the library
+# comes from; the network makes up for it with more layers and channels for the same budget. We can check the identity with the library
 # ops (and PyTorch):
 
 # %%

@@ -133,10 +133,10 @@ assert fields[32][-1][1] == fields[16][-1][1] == fields[8][-1][1]   # same recep
 # %% [markdown]
 # The receptive field of 491 pixels is the same at every output stride; the cost is not (the later
 # layers run on 4 or 16 times more pixels). That is why mobile models often run at output stride 16,
-# like the TFLite model used here. On the image: the dots are the 33×33 output pixels at output stride 16, the square is the
-# receptive field of the centre one, and the crosses are where the centre output's last depthwise 3×3
-# filter (`layer.15`, dilation 2 on a grid of spacing 16) reads, 32 image pixels apart: exactly where a
-# stride-32 network without dilation would read.
+# like the TFLite model used here. On the image: the dots are the 33×33 output pixels at output
+# stride 16, the square is the receptive field of the centre one, and the crosses are where the centre
+# output's last depthwise 3×3 filter (`layer.15`, dilation 2 on a grid of spacing 16) reads, 32 image
+# pixels apart: exactly where a stride-32 network without dilation would read.
 
 # %%
 image, image_is_real = load_image("bird_segmentation.bmp")
