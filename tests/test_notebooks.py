@@ -3,9 +3,9 @@
 * `test_notebook_runs`: each notebooks/*.ipynb is executed with nbclient (fresh kernel, working
   directory notebooks/, a time limit per cell); an error in any cell, a failed assertion included,
   fails the test. Every notebook checks itself against PyTorch or published numbers with asserts.
-* `test_notebook_runs_without_shared_data`: the notebooks whose cells depend on having real weights
-  (`checkpoint.real`) still run when ../shared/data is absent and the Hub is offline: a reader without
-  them gets random weights, a synthetic image and a visible note saying so.
+* `test_notebook_runs_without_shared_data`: the notebooks that load real weights still run when
+  ../shared/data is absent and the Hub is offline: a reader without them gets random weights, a
+  synthetic image and a visible note saying so (and the checks must hold for random weights too).
 * `test_committed_notebook`: each committed .ipynb has exactly the cells of notebooks/src/<name>.py
   (rebuild with `python notebooks/build.py`), was executed (outputs kept, so its figures show on a
   code host) and stays under 2 MB.
@@ -28,8 +28,8 @@ _spec.loader.exec_module(build)
 NAMES = [path.stem for path in build.source_paths([])]
 CELL_TIMEOUT = 120            # seconds; a whole notebook takes well under a minute
 MAX_BYTES = 2_000_000
-# Notebooks that take another path with random weights (the others run the same cells either way).
-DEPENDS_ON_REAL_WEIGHTS = [name for name in NAMES if "checkpoint.real" in (NOTEBOOKS / "src" / f"{name}.py").read_text()]
+# Notebooks that load real weights (the others use random weights or none in any case).
+USES_REAL_WEIGHTS = [name for name in NAMES if "load_checkpoint" in (NOTEBOOKS / "src" / f"{name}.py").read_text()]
 
 
 def read_committed(name: str) -> nbformat.NotebookNode:
@@ -58,7 +58,7 @@ def test_notebook_runs(name):
     assert any("assert" in cell.source for cell in nb.cells if cell.cell_type == "code"), f"{name} checks nothing"
 
 
-@pytest.mark.parametrize("name", DEPENDS_ON_REAL_WEIGHTS)
+@pytest.mark.parametrize("name", USES_REAL_WEIGHTS)
 def test_notebook_runs_without_shared_data(name, tmp_path, monkeypatch):
     # The kernel inherits this environment: no shared data, no network, an empty cache of Hub weights.
     monkeypatch.setenv("MOBILENET_NP_SHARED_DATA", str(tmp_path / "absent"))

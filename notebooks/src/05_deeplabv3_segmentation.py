@@ -188,7 +188,8 @@ output = model(pixel_values, record=lambda name, tensor: recorded.__setitem__(na
 for name in ["pixel_values", "mobilenet_v2.layer.15", "segmentation_head.avg_pool", "segmentation_head.conv_pool",
              "segmentation_head.conv_aspp", "segmentation_head.conv_projection", "segmentation_head.classifier"]:
     print(f"{name:36s} {recorded[name].shape}")
-assert output.logits.shape == (1, config.num_labels, 33, 33)   # ceil(513 / 16) = 33
+feature_size = -(-height // config.output_stride)               # ceil(513 / 16) = 33
+assert output.logits.shape == (1, config.num_labels, feature_size, feature_size)
 
 reference = transformers_twin(model)(torch.from_numpy(pixel_values)).logits.numpy()
 error = np.abs(output.logits - reference).max()
@@ -278,7 +279,7 @@ axes[1].contour(truth, levels=[0.5], colors="cyan", linewidths=1.5)
 axes[1].set_title(f"predicted '{config.id2label[bird]}' (orange), ground truth (cyan)\nIoU {scores['align_corners=True']:.3f}"
                   + ("" if checkpoint.real else " - RANDOM WEIGHTS"))
 axes[2].imshow(output.logits[0, bird], cmap="magma")
-axes[2].set_title(f"'{config.id2label[bird]}' score before upsampling (33x33)")
+axes[2].set_title(f"'{config.id2label[bird]}' score before upsampling ({feature_size}x{feature_size})")
 for ax in axes:
     ax.axis("off")
 plt.tight_layout()
