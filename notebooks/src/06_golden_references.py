@@ -20,7 +20,6 @@
 
 # %%
 import dataclasses
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -56,7 +55,8 @@ print(input_info)
 # recording to an HDF5 golden file, as a port's test suite would read it, and read it back.
 
 # %%
-workdir = Path(tempfile.mkdtemp(prefix="golden_"))
+scratch = tempfile.TemporaryDirectory(prefix="golden_")   # deleted at the end (or when the kernel exits)
+workdir = Path(scratch.name)
 tensors = golden.record_model(model, pixel_values)
 attrs = golden.golden_attributes("mobilenet-np", type(model).__name__, model.config.to_dict(),
                                  checkpoint.source, "", "float32", input_info, golden.library_versions())
@@ -209,4 +209,4 @@ assert errors["NumPy float64 vs PyTorch float64"].max() < 1e-12
 # [the notebook index](README.md).
 
 # %%
-shutil.rmtree(workdir)      # the golden file of this notebook (tens of MB)
+scratch.cleanup()           # the golden file of this notebook (tens of MB)
