@@ -50,8 +50,11 @@ __all__ = ["fast_forward", "batch_norm_affine", "fold_batch_norm", "tap_ranges",
 
 # A band of a depthwise layer (its output rows) or of a 1x1 layer (its matrix product's output rows)
 # is cut to about this many bytes, so that it and its inputs stay in a core's L2 cache.
-DEPTHWISE_BAND_BYTES = 128 * 1024
+BAND_BYTES = 256 * 1024
 GEMM_BAND_BYTES = 256 * 1024
+# ... but a band of a depthwise block has at least this many pixels, so that its matrix products
+# are not too small for BLAS to run efficiently.
+BAND_MIN_PIXELS = 256
 # Depthwise weights are repeated along the output width (one (W_out, C) block per tap) when that takes
 # at most this many bytes: ufuncs then run over whole contiguous rows instead of C-long pieces.
 TILE_BYTES = 1024 * 1024
@@ -408,21 +411,63 @@ class MatMul(Step):
         _run_parallel(work, self.threads)
 
 
-class Depthwise(Step):
-    """k x k depthwise convolution, channels-last: for each tap, out[rows, cols] += x[shifted] * w[tap].
+@dataclasses.dataclass
+class Pointwise:
+    """A 1x1 layer inside a DepthwiseBlock: weight (C_in, C_out), bias (C_out,), in-place activation."""
 
-    Output rows are cut into bands (each thread takes a run of them). Within a band every tap
-    updates the sub-rectangle of outputs that read real (non-padding) input pixels. A tap that
-    covers the whole band writes it first (no zero fill), then bias and activation follow while the
-    band is in cache.
+    weight: np.ndarray
+    bias: np.ndarray
+    activation: Callable[[np.ndarray], None] | None
+
+    def __call__(self, x: np.ndarray, out: np.ndarray) -> None:
+        """out = activation(x @ weight + bias): x (N, rows, W, C_in) -> out (N, rows, W, C_out), in place."""
+        n, c_out = x.shape[0], out.shape[-1]
+        y = out.reshape(n, -1, c_out)                                            # (N, rows*W, C_out)
+        np.matmul(x.reshape(n, -1, x.shape[-1]), self.weight, out=y)
+        np.add(y, self.bias, out=y)
+        if self.activation is not None:
+            self.activation(y)
+
+
+@dataclasses.dataclass
+class Band:
+    """What a DepthwiseBlock does for one band of output rows (all slices worked out in advance)."""
+
+    rows: slice                      # the band's output rows
+    keep: tuple[slice, slice] | None  # line buffer rows to move to its start: (from, to)
+    expand: tuple[slice, slice] | None  # input rows to expand, and the line buffer rows they go to
+    first_tap: tuple                 # (source slices, target slices, weights): writes the whole band
+    taps: list[tuple]                # (source slices, target slices, scratch slices, weights): added
+
+
+class DepthwiseBlock(Step):
+    """[1x1 expand] -> k x k depthwise -> [1x1 project] [+ residual], one band of output rows at a time.
+
+    This is MobileNetV2's inverted residual block (and, without the expand, V1's separable
+    convolution or a lone depthwise layer). Each thread takes a run of output rows and walks it
+    band by band:
+      1. expand: the expanded rows the band's depthwise taps read are computed into the thread's
+         line buffer (x rows @ W_expand + bias, activation), except those the previous band already
+         computed, which are moved to the buffer's start (the kernel's overlap);
+      2. depthwise, channels-last: for each tap, out[rows, cols] += source[shifted] * w[tap], on
+         the sub-rectangle of outputs that read real (non-padding) pixels. The tap that reads pixel
+         (y*s, x*s) for output (y, x) covers the whole band and writes it first (no zero fill);
+         then bias and activation;
+      3. project: the band's depthwise output @ W_project + bias [activation] [+ the block input]
+         goes straight to the output rows.
+    The expanded and depthwise tensors are never stored whole, the band stays in cache from one
+    layer to the next, and the threads meet once per block. A thread recomputes the few expanded
+    rows its neighbour also needs (the halo at its first band).
     """
 
     def __init__(self, layer: ConvLayer, x: Value, out: Value, weight: np.ndarray, bias: np.ndarray,
-                 padding: tuple[int, int, int, int]):
-        self.x, self.out, self.bias = x, out, bias
+                 padding: tuple[int, int, int, int], expand: Pointwise | None = None,
+                 project: Pointwise | None = None, residual: bool = False):
+        self.x, self.out, self.bias, self.expand, self.project, self.residual = x, out, bias, expand, project, residual
         self.reads, self.writes = (x,), (out,)
-        n, h, w, c = x.shape
+        n, h, w, _ = x.shape
         _, h_out, w_out, _ = out.shape
+        c = layer.in_channels                                                    # the depthwise channels
         k, s, d = layer.kernel_size, layer.stride, layer.dilation
         weight = np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0))          # (k, k, C)
         if k * k * w_out * c * weight.itemsize <= TILE_BYTES:
@@ -430,58 +475,108 @@ class Depthwise(Step):
             weight = np.ascontiguousarray(np.broadcast_to(weight[:, :, None, :], (k, k, w_out, c)))
         self.weight = weight
         self.activation = _activation(layer.activation, weight.dtype)
-        row_taps = tap_ranges(h, h_out, k, s, d, padding[0])
-        col_taps = tap_ranges(w, w_out, k, s, d, padding[2])
-        rows_per_band = min(h_out, max(1, DEPTHWISE_BAND_BYTES // (n * w_out * c * weight.itemsize)))
-        self.scratch_shape = (n, rows_per_band, w_out, c)
-        self.scratch_values = int(np.prod(self.scratch_shape))
-        self.threads = _threads_for(out.size)
-        self.bands = [[self._band(a, b, row_taps, col_taps, s) for a, b in _bands(start, stop, rows_per_band)]
-                      for start, stop in _split(h_out, self.threads)]
+        self.row_taps = tap_ranges(h, h_out, k, s, d, padding[0])
+        self.col_taps = tap_ranges(w, w_out, k, s, d, padding[2])
+        self.stride, self.w_out = s, w_out
+        self.kernel, self.dilation, self.pad_top, self.in_height = k, d, padding[0], h
+
+        row_values = n * w_out * c
+        rows_per_band = max(1, BAND_BYTES // (row_values * weight.itemsize), -(-BAND_MIN_PIXELS // (n * w_out)))
+        self.threads = _threads_for(n * h_out * w_out * max(c, out.shape[-1]))
+        self.bands = [self._chunk(start, stop, rows_per_band) for start, stop in _split(h_out, self.threads)]
         self.threads = len(self.bands)
+        buffer_rows = max((b.expand[1].stop for chunk in self.bands for b in chunk if b.expand), default=0)
+        band_rows = min(rows_per_band, h_out)
+        self.buffer_shape = (n, buffer_rows, w, c)                               # the expand line buffer
+        self.band_shape = (n, band_rows, w_out, c)                               # depthwise output, when projected
+        self.scratch_values = int(np.prod(self.buffer_shape)) + band_rows * row_values * (2 if project else 1)
 
-    def _band(self, first_row, stop_row, row_taps, col_taps, s):
-        """Output rows [first_row, stop_row): (rows, first tap, other taps), slices worked out here.
+    def _input_rows(self, first_row: int, stop_row: int) -> tuple[int, int]:
+        """The input rows [first, stop) under the kernel windows of output rows [first_row, stop_row).
 
-        A tap is (input slices, output slices, scratch slices, weights). The first tap covers the
-        whole band: with ConvLayer's paddings (TF "SAME" or symmetric) the tap that reads input pixel
-        (y*s, x*s) for output (y, x) always exists, and it never reads padding.
+        (The whole span, inside the image: so that it only moves forward from one band to the next.)
         """
-        every = slice(None)
+        first = first_row * self.stride - self.pad_top
+        stop = (stop_row - 1) * self.stride + (self.kernel - 1) * self.dilation - self.pad_top + 1
+        return max(first, 0), min(stop, self.in_height)
+
+    def _chunk(self, start: int, stop: int, rows_per_band: int) -> list[Band]:
+        """The bands of one thread's output rows [start, stop), with its line buffer bookkeeping."""
+        bands = []
+        have = (0, 0)                                   # input rows in the line buffer, from its row 0
+        for y0, y1 in _bands(start, stop, rows_per_band):
+            need = self._input_rows(y0, y1)
+            keep = expand = None
+            origin = 0                                  # input row held by source row 0
+            if self.expand is not None:
+                kept = (need[0], have[1]) if have[1] > need[0] else (need[0], need[0])
+                if kept[1] > kept[0] and need[0] != have[0]:
+                    keep = (slice(kept[0] - have[0], kept[1] - have[0]), slice(0, kept[1] - kept[0]))
+                if need[1] > kept[1]:
+                    expand = (slice(kept[1], need[1]), slice(kept[1] - need[0], need[1] - need[0]))
+                have, origin = need, need[0]
+            bands.append(self._band(y0, y1, origin, keep, expand))
+        return bands
+
+    def _band(self, first_row, stop_row, origin, keep, expand) -> Band:
+        every, s = slice(None), self.stride
+        target_origin = first_row if self.project is not None else 0
         first, taps = None, []
-        for i, (r0, r1, in_r0) in enumerate(row_taps):
+        for i, (r0, r1, in_r0) in enumerate(self.row_taps):
             y0, y1 = max(first_row, r0), min(stop_row, r1)
-            for j, (c0, c1, in_c0) in enumerate(col_taps):
+            for j, (c0, c1, in_c0) in enumerate(self.col_taps):
                 if y0 >= y1 or c0 >= c1:
                     continue                                            # this tap only sees padding
-                source = (every, _tap_slice(in_r0 + (y0 - r0) * s, y1 - y0, s), _tap_slice(in_c0, c1 - c0, s))
-                target = (every, slice(y0, y1), slice(c0, c1))
+                source = (every, _tap_slice(in_r0 + (y0 - r0) * s - origin, y1 - y0, s), _tap_slice(in_c0, c1 - c0, s))
+                target = (every, slice(y0 - target_origin, y1 - target_origin), slice(c0, c1))
                 temp = (every, slice(0, y1 - y0), slice(0, c1 - c0))
                 weight = self.weight[i, j, c0:c1] if self.weight.ndim == 4 else self.weight[i, j]
-                if first is None and (y0, y1, c0, c1) == (first_row, stop_row, 0, self.out.shape[2]):
+                if first is None and (y0, y1, c0, c1) == (first_row, stop_row, 0, self.w_out):
                     first = (source, target, weight)
                 else:
                     taps.append((source, target, temp, weight))
         if first is None:
             raise ValueError(f"fast path: no kernel tap covers output rows {first_row}..{stop_row - 1} "
                              f"of a depthwise layer {self.x.shape} -> {self.out.shape}")
-        return slice(first_row, stop_row), first, taps
+        return Band(slice(first_row, stop_row), keep, expand, first, taps)
+
+    def _scratch(self, flat: np.ndarray):
+        """A thread's line buffer, product scratch and (when projected) depthwise band, from its scratch."""
+        arrays, offset = [], 0
+        for shape in (self.buffer_shape, self.band_shape) + ((self.band_shape,) if self.project else ()):
+            size = int(np.prod(shape))
+            arrays.append(flat[offset: offset + size].reshape(shape))
+            offset += size
+        return arrays
 
     def run(self, views, context):
         x, out = views[self.x], views[self.out]
 
         def work(t):
-            temp = views["scratch"][t][: self.scratch_values].reshape(self.scratch_shape)
-            for rows, (source, target, weight), taps in self.bands[t]:
-                np.multiply(x[source], weight, out=out[target])             # the first tap writes the band
-                for source, target, temp_slice, weight in taps:
-                    product = temp[temp_slice]
-                    np.multiply(x[source], weight, out=product)
-                    np.add(out[target], product, out=out[target])
-                band = out[:, rows]
-                np.add(band, self.bias, out=band)
+            line_buffer, temp, *band_out = self._scratch(views["scratch"][t])
+            source = line_buffer if self.expand is not None else x
+            band_out = band_out[0] if self.project is not None else out    # else: straight into the output
+            for band in self.bands[t]:
+                if band.keep is not None:
+                    np.copyto(line_buffer[:, band.keep[1]], line_buffer[:, band.keep[0]])
+                if band.expand is not None:
+                    self.expand(x[:, band.expand[0]], line_buffer[:, band.expand[1]])
+                target, weight = band.first_tap[1], band.first_tap[2]
+                np.multiply(source[band.first_tap[0]], weight, out=band_out[target])
+                for source_slices, target, temp_slices, weight in band.taps:
+                    product = temp[temp_slices]
+                    np.multiply(source[source_slices], weight, out=product)
+                    np.add(band_out[target], product, out=band_out[target])
+                depthwise = band_out[:, : band.rows.stop - band.rows.start] if self.project is not None \
+                    else out[:, band.rows]
+                np.add(depthwise, self.bias, out=depthwise)
                 if self.activation is not None:
-                    self.activation(band)
+                    self.activation(depthwise)
+                if self.project is not None:
+                    y = out[:, band.rows]
+                    self.project(depthwise, y)
+                    if self.residual:
+                        np.add(y, x[:, band.rows], out=y)
 
         _run_parallel(work, self.threads)
 
@@ -597,25 +692,57 @@ class PlanBuilder:
         n, h, w, c = x.shape
         if c != layer.in_channels:
             raise ValueError(f"fast path: {layer.name} expects {layer.in_channels} channels, the plan has {c}")
+        if layer.kind == "depthwise" and layer.out_channels == layer.in_channels and residual is None:
+            return self.depthwise_block(layer, x)
         h_out, w_out = layer.output_size(h, w)
-        padding = layer.padding(h, w)
         out = self.value((n, h_out, w_out, layer.out_channels))
         weight, bias = fold_batch_norm(layer, self.params, self.dtype)
-        if residual is not None and layer.kind != "pointwise":
-            raise ValueError(f"fast path: a residual after {layer.name} ({layer.kind}) is not supported")
-        if layer.kind == "depthwise" and layer.out_channels == layer.in_channels:
-            self.add(Depthwise(layer, x, out, weight, bias, padding))
-        elif layer.kind == "pointwise" and layer.stride == 1:
+        if layer.kind == "pointwise" and layer.stride == 1:
             self.add(MatMul(x, out, _gemm_weight(weight), bias, layer.activation, residual, self.split_gemm))
-        elif layer.groups == 1:
+        elif layer.groups == 1 and residual is None:
             k = layer.kernel_size
             cols = self.value((n, h_out, w_out, k * k * c), storage="planar")
-            self.add(Im2col(layer, x, cols, padding))
+            self.add(Im2col(layer, x, cols, layer.padding(h, w)))
             # rows of the weight matrix in the order of cols' columns: (i, j, c)
             weight = weight.transpose(2, 3, 1, 0).reshape(k * k * c, layer.out_channels)
             self.add(MatMul(cols, out, np.ascontiguousarray(weight), bias, layer.activation, None, self.split_gemm))
         else:
-            raise ValueError(f"fast path: grouped convolution {layer.name} (groups={layer.groups}) is not supported")
+            raise ValueError(f"fast path: {layer.name} ({layer.kind}, groups={layer.groups}"
+                             f"{', + residual' if residual else ''}) is not supported")
+        return out
+
+    def pointwise(self, layer: ConvLayer | None) -> Pointwise | None:
+        if layer is None:
+            return None
+        weight, bias = fold_batch_norm(layer, self.params, self.dtype)
+        return Pointwise(_gemm_weight(weight), bias, _activation(layer.activation, self.dtype))
+
+    def depthwise_block(self, depthwise: ConvLayer, x: Value, expand: ConvLayer | None = None,
+                        project: ConvLayer | None = None, residual: bool = False) -> Value:
+        """[expand ->] depthwise [-> project] [+ x] as one DepthwiseBlock step.
+
+        Layers that do not have that shape (a "depthwise" layer of one channel is a plain
+        convolution) become separate steps instead.
+        """
+        fits = depthwise.kind == "depthwise" and depthwise.out_channels == depthwise.in_channels and all(
+            layer.kind == "pointwise" and layer.stride == 1 for layer in (expand, project) if layer is not None)
+        if not fits:
+            y = x
+            for layer in (expand, depthwise, project):
+                if layer is not None:
+                    y = self.conv(layer, y, residual=x if residual and layer is project else None)
+            return y
+        n, h, w, c = x.shape
+        if c != (expand or depthwise).in_channels:
+            raise ValueError(f"fast path: {(expand or depthwise).name} expects "
+                             f"{(expand or depthwise).in_channels} channels, the plan has {c}")
+        h_out, w_out = depthwise.output_size(h, w)
+        out = self.value((n, h_out, w_out, (project or depthwise).out_channels))
+        if residual and out.shape != x.shape:
+            raise ValueError(f"fast path: residual of shape {x.shape} cannot be added to {out.shape}")
+        weight, bias = fold_batch_norm(depthwise, self.params, self.dtype)
+        self.add(DepthwiseBlock(depthwise, x, out, weight, bias, depthwise.padding(h, w),
+                                self.pointwise(expand), self.pointwise(project), residual))
         return out
 
     def global_avg_pool(self, x: Value) -> Value:
@@ -624,22 +751,27 @@ class PlanBuilder:
         return out
 
 
-def _mobilenet_v1_backbone(b: PlanBuilder, backbone, x: Value) -> Value:
+def _mobilenet_v1_backbone(b: PlanBuilder, backbone, x: Value, hidden_states: bool) -> Value:
     x = b.conv(backbone.conv_stem, x)                     # (N, H/2, W/2, 32a)
-    for layer in backbone.layer:                          # 26 layers, each one hidden state
-        x = b.conv(layer, x)
-        b.hidden_state(x)
+    layers = backbone.layer                               # 26 layers, each one hidden state
+    for depthwise, pointwise in zip(layers[0::2], layers[1::2]):
+        if hidden_states:                                 # the depthwise output must be kept
+            x = b.conv(depthwise, x)
+            b.hidden_state(x)
+            x = b.conv(pointwise, x)
+            b.hidden_state(x)
+        else:
+            x = b.depthwise_block(depthwise, x, project=pointwise)
     return x                                              # (N, H/32, W/32, 1024a)
 
 
 def _mobilenet_v2_backbone(b: PlanBuilder, backbone, x: Value, conv_1x1: bool) -> Value:
-    for layer in backbone.conv_stem:                      # (N, H/2, W/2, 16a)
-        x = b.conv(layer, x)
+    first_conv, *expand, conv_3x3, reduce_1x1 = backbone.conv_stem
+    x = b.conv(first_conv, x)                             # (N, H/2, W/2, 32a)
+    x = b.depthwise_block(conv_3x3, x, expand=expand[0] if expand else None, project=reduce_1x1)  # (N, H/2, W/2, 16a)
     for block in backbone.layer:                          # 16 inverted residual blocks, each one hidden state
-        block_input = x
-        x = b.conv(block.expand_1x1, x)                   # (N, h, w, t*C)
-        x = b.conv(block.conv_3x3, x)                     # (N, h/s, w/s, t*C)
-        x = b.conv(block.reduce_1x1, x, residual=block_input if block.use_residual else None)
+        x = b.depthwise_block(block.conv_3x3, x, expand=block.expand_1x1, project=block.reduce_1x1,
+                              residual=block.use_residual)
         b.hidden_state(x)
     if conv_1x1:
         x = b.conv(backbone.conv_1x1, x)                  # (N, h, w, 1280)
@@ -673,8 +805,12 @@ def _nchw(array: np.ndarray) -> np.ndarray:
     return array.transpose(0, 3, 1, 2).copy()
 
 
-def build_plan(model, input_shape: tuple[int, ...], dtype) -> Plan:
-    """The fast plan of `model` for pixel values of shape (N, C, H, W) computed in `dtype`."""
+def build_plan(model, input_shape: tuple[int, ...], dtype, hidden_states: bool = False) -> Plan:
+    """The fast plan of `model` for pixel values of shape (N, C, H, W) computed in `dtype`.
+
+    `hidden_states`: whether the plan keeps every hidden state (MobileNetV1's depthwise outputs
+    are then stored whole, not only band by band).
+    """
     from .deeplabv3 import MobileNetV2ForSemanticSegmentation
     from .mobilenet_v1 import MobileNetV1ForImageClassification, MobileNetV1Model
     from .mobilenet_v2 import MobileNetV2ForImageClassification, MobileNetV2Model
@@ -694,7 +830,7 @@ def build_plan(model, input_shape: tuple[int, ...], dtype) -> Plan:
             return SemanticSegmenterOutput(logits=_nchw(views[logits]), hidden_states=hidden(context))
 
     elif isinstance(model, (MobileNetV1Model, MobileNetV2Model)):
-        last = (_mobilenet_v1_backbone(b, model, x) if isinstance(model, MobileNetV1Model)
+        last = (_mobilenet_v1_backbone(b, model, x, hidden_states) if isinstance(model, MobileNetV1Model)
                 else _mobilenet_v2_backbone(b, model, x, conv_1x1=True))
         pooled = b.global_avg_pool(last) if model.add_pooling_layer else None
 
@@ -706,7 +842,7 @@ def build_plan(model, input_shape: tuple[int, ...], dtype) -> Plan:
 
     elif isinstance(model, (MobileNetV1ForImageClassification, MobileNetV2ForImageClassification)):
         if isinstance(model, MobileNetV1ForImageClassification):
-            last = _mobilenet_v1_backbone(b, model.mobilenet_v1, x)
+            last = _mobilenet_v1_backbone(b, model.mobilenet_v1, x, hidden_states)
         else:
             last = _mobilenet_v2_backbone(b, model.mobilenet_v2, x, conv_1x1=True)
         pooled = b.global_avg_pool(last)                                         # (N, 1, 1, C)
@@ -729,18 +865,18 @@ def build_plan(model, input_shape: tuple[int, ...], dtype) -> Plan:
 # entry point and cache
 # --------------------------------------------------------------------------------------------------
 
-def get_plan(model, input_shape: tuple[int, ...], dtype) -> Plan:
-    """The cached plan for this model, input shape and dtype (built on first use).
+def get_plan(model, input_shape: tuple[int, ...], dtype, hidden_states: bool = False) -> Plan:
+    """The cached plan for this model, input shape, dtype and hidden states choice (built on first use).
 
     The cache key holds the identity of every weight array, so assigning a new array to
     model.params[key] (or load_state_dict) makes the next call build a new plan.
     """
     cache = model.__dict__.setdefault("_fast_plans", {})
-    key = (tuple(input_shape), np.dtype(dtype).str, _num_threads,
+    key = (tuple(input_shape), np.dtype(dtype).str, hidden_states, _num_threads,
            tuple((name, id(value)) for name, value in model.params.items()))
     plan = cache.pop(key, None)
     if plan is None:
-        plan = build_plan(model, input_shape, dtype)
+        plan = build_plan(model, input_shape, dtype, hidden_states)
         for value in model.params.values():     # the plan holds folded copies: freeze the originals
             value.flags.writeable = False
         while len(cache) >= MAX_PLANS:
@@ -761,5 +897,5 @@ def fast_forward(model, pixel_values: np.ndarray, output_hidden_states: bool = F
     the dtype of the pixel values and the weights promoted together (float32 or float64).
     """
     dtype = np.result_type(pixel_values.dtype, *[v.dtype for v in model.params.values() if v.dtype.kind == "f"])
-    plan = get_plan(model, pixel_values.shape, dtype)
+    plan = get_plan(model, pixel_values.shape, dtype, output_hidden_states)
     return plan.run(pixel_values, output_hidden_states)

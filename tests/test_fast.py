@@ -16,6 +16,7 @@ random configs. No test here measures time (benchmarks/bench.py does).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -51,16 +52,28 @@ def assert_outputs_close(ours, reference, rtol: float, what: str) -> None:
             assert error <= rtol, f"{what}: {name}[{i}] relative error {error:.3g} > {rtol:g}"
 
 
-@pytest.fixture
-def small_bands(monkeypatch):
-    """Cut even tiny layers into many bands on 3 threads, so every splitting path runs."""
-    monkeypatch.setattr(fast, "DEPTHWISE_BAND_BYTES", 1)          # one output row per band
-    monkeypatch.setattr(fast, "GEMM_BAND_BYTES", 64)               # a few pixels per band
-    monkeypatch.setattr(fast, "PARALLEL_MIN_VALUES", 1)
-    threads = fast.get_num_threads()
-    fast.set_num_threads(3)
-    yield
+@contextlib.contextmanager
+def tiny_bands(rows: int = 1, threads: int = 3):
+    """Cut even tiny layers into bands of `rows` rows on `threads` threads, so every splitting path runs."""
+    saved = {name: getattr(fast, name) for name in ("BAND_BYTES", "BAND_MIN_PIXELS", "GEMM_BAND_BYTES",
+                                                     "PARALLEL_MIN_VALUES")}
+    saved_threads = fast.get_num_threads()
+    fast.BAND_BYTES, fast.BAND_MIN_PIXELS = 1, 1                  # rows_per_band = 1 ...
+    fast.GEMM_BAND_BYTES, fast.PARALLEL_MIN_VALUES = 64, 1        # ... a few pixels per GEMM band
+    fast.BAND_MIN_PIXELS = rows                                    # ... or `rows` rows of a 1-pixel-wide image
     fast.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(fast, name, value)
+        fast.set_num_threads(saved_threads)
+
+
+@pytest.fixture
+def small_bands():
+    with tiny_bands():
+        yield
 
 
 # --------------------------------------------------------------------------------------------------
@@ -113,7 +126,7 @@ layer_geometries = st.fixed_dictionaries({
 })
 
 
-@settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(geometry=layer_geometries, batch=st.integers(1, 3), channels=st.integers(1, 12), height=st.integers(1, 11),
        width=st.integers(1, 11), float64=st.booleans(), split_gemm=st.booleans(), tile=st.booleans(),
        seed=st.integers(0, 2**16))
@@ -141,6 +154,43 @@ def test_each_kernel_equals_the_readable_conv_layer(small_bands, monkeypatch, ge
     assert error <= (FLOAT64_RTOL if float64 else FLOAT32_RTOL), f"{layer}: relative error {error:.3g}"
 
 
+@settings(max_examples=300)
+@given(kernel_size=st.integers(1, 5), stride=st.integers(1, 3), dilation=st.integers(1, 4), tf_padding=st.booleans(),
+       with_expand=st.booleans(), with_project=st.booleans(), residual=st.booleans(), batch=st.integers(1, 2),
+       channels=st.integers(2, 6), expanded=st.integers(2, 9), height=st.integers(1, 14), width=st.integers(1, 9),
+       rows=st.integers(1, 4), threads=st.integers(1, 3), float64=st.booleans(), seed=st.integers(0, 2**16))
+def test_depthwise_block_equals_its_layers_one_after_the_other(kernel_size, stride, dilation, tf_padding, with_expand,
+                                                              with_project, residual, batch, channels, expanded,
+                                                              height, width, rows, threads, float64, seed):
+    """[expand ->] depthwise [-> project] [+ x], band by band with a line buffer, vs the readable layers."""
+    dw_channels = expanded if with_expand else channels
+    expand = ConvLayer("expand", channels, dw_channels, 1, activation="relu6") if with_expand else None
+    depthwise = ConvLayer("depthwise", dw_channels, dw_channels, kernel_size, stride, dilation, groups=dw_channels,
+                          tf_padding=tf_padding, activation="relu6")
+    project = ConvLayer("project", dw_channels, channels, 1, activation=None) if with_project else None
+    residual = residual and with_project and stride == 1
+    assume(min(depthwise.output_size(height, width)) >= 1)
+    layers = [layer for layer in (expand, depthwise, project) if layer is not None]
+    dtype = np.float64 if float64 else np.float32
+    shapes = {k: v for layer in layers for k, v in layer.parameter_shapes().items()}
+    params = {k: v.astype(dtype) for k, v in random_parameters(shapes, seed).items()}
+    x = np.random.default_rng(seed).standard_normal((batch, channels, height, width)).astype(dtype)
+
+    expected = x
+    for layer in layers:
+        expected = layer(expected, params)
+    if residual:
+        expected = expected + x
+    with tiny_bands(rows, threads):
+        builder = fast.PlanBuilder(params, dtype)
+        out = builder.depthwise_block(depthwise, builder.input(x.shape), expand, project, residual)
+        assert [type(step) for step in builder.steps] == [fast.DepthwiseBlock]
+        plan = fast.Plan(builder.steps, builder.values, dtype, lambda views, context: fast._nchw(views[out]))
+        ours = plan.run(x, output_hidden_states=False)
+    error = relative_error(ours, expected)
+    assert error <= (FLOAT64_RTOL if float64 else FLOAT32_RTOL), f"relative error {error:.3g}"
+
+
 # --------------------------------------------------------------------------------------------------
 # the networks
 # --------------------------------------------------------------------------------------------------
@@ -162,8 +212,9 @@ def network_cases(draw):
 
 
 @settings(max_examples=20)
-@given(case=network_cases(), seed=st.integers(0, 2**16))
-def test_fast_path_equals_readable_path_and_transformers(case, seed):
+@given(case=network_cases(), small_bands=st.booleans(), seed=st.integers(0, 2**16))
+def test_fast_path_equals_readable_path_and_transformers(case, small_bands, seed):
+    """The default call (the fast path), with its usual bands or with bands of one row on 3 threads."""
     architecture, config, shape, dtype = case
     torch_model = random_transformers_model(architecture, seed, **config)
     model = numpy_twin(torch_model, architecture)
@@ -172,7 +223,11 @@ def test_fast_path_equals_readable_path_and_transformers(case, seed):
     x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
     rtol = FLOAT64_RTOL if dtype == np.float64 else FLOAT32_RTOL
 
-    ours = model(x, output_hidden_states=True)                      # the default call: the fast path
+    with tiny_bands() if small_bands else contextlib.nullcontext():
+        ours = model(x, output_hidden_states=True)                  # the default call: the fast path
+        without_hidden_states = model(x)                            # (MobileNetV1 fuses more without them)
+    for name in without_hidden_states.keys():
+        assert relative_error(without_hidden_states[name], ours[name]) <= rtol, name
     assert_outputs_close(ours, model(x, output_hidden_states=True, fast=False), rtol, f"{architecture} vs readable")
     assert_outputs_close(ours, torch_outputs(torch_model, x), rtol, f"{architecture} vs transformers")
 
