@@ -48,12 +48,12 @@ from .modeling_utils import (ACTIVATIONS, BaseModelOutputWithPoolingAndNoAttenti
 __all__ = ["fast_forward", "batch_norm_affine", "fold_batch_norm", "tap_ranges", "build_plan", "get_plan", "clear_cache",
            "set_num_threads", "get_num_threads"]
 
-# A band of a depthwise layer (its output rows) or of a 1x1 layer (its matrix product's output rows)
-# is cut to about this many bytes, so that it and its inputs stay in a core's L2 cache.
+# The depthwise part of a band (its output rows) and a band of a lone 1x1 layer (its matrix product's
+# output rows) are cut to about this many bytes, so that they and their inputs stay in a core's L2 cache.
 BAND_BYTES = 256 * 1024
 GEMM_BAND_BYTES = 256 * 1024
-# ... but a band of a depthwise block has at least this many pixels, so that its matrix products
-# are not too small for BLAS to run efficiently.
+# A band of a depthwise block has at least this many pixels, so that its matrix products are not too
+# small for BLAS to run efficiently (its depthwise part is then done in several cache-sized pieces).
 BAND_MIN_PIXELS = 256
 # Depthwise weights are repeated along the output width (one (W_out, C) block per tap) when that takes
 # at most this many bytes: ufuncs then run over whole contiguous rows instead of C-long pieces.
@@ -436,8 +436,7 @@ class Band:
     rows: slice                      # the band's output rows
     keep: tuple[slice, slice] | None  # line buffer rows to move to its start: (from, to)
     expand: tuple[slice, slice] | None  # input rows to expand, and the line buffer rows they go to
-    first_tap: tuple                 # (source slices, target slices, weights): writes the whole band
-    taps: list[tuple]                # (source slices, target slices, scratch slices, weights): added
+    depthwise: list[tuple]           # per sub-band: (target rows, first tap, other taps), see DepthwiseBlock._taps
 
 
 class DepthwiseBlock(Step):
@@ -481,15 +480,17 @@ class DepthwiseBlock(Step):
         self.kernel, self.dilation, self.pad_top, self.in_height = k, d, padding[0], h
 
         row_values = n * w_out * c
-        rows_per_band = max(1, BAND_BYTES // (row_values * weight.itemsize), -(-BAND_MIN_PIXELS // (n * w_out)))
+        self.depthwise_rows = max(1, BAND_BYTES // (row_values * weight.itemsize))
+        rows_per_band = max(self.depthwise_rows, -(-BAND_MIN_PIXELS // (n * w_out)))
         self.threads = _threads_for(n * h_out * w_out * max(c, out.shape[-1]))
         self.bands = [self._chunk(start, stop, rows_per_band) for start, stop in _split(h_out, self.threads)]
         self.threads = len(self.bands)
         buffer_rows = max((b.expand[1].stop for chunk in self.bands for b in chunk if b.expand), default=0)
         band_rows = min(rows_per_band, h_out)
         self.buffer_shape = (n, buffer_rows, w, c)                               # the expand line buffer
+        self.temp_shape = (n, min(self.depthwise_rows, h_out), w_out, c)         # one tap's products
         self.band_shape = (n, band_rows, w_out, c)                               # depthwise output, when projected
-        self.scratch_values = int(np.prod(self.buffer_shape)) + band_rows * row_values * (2 if project else 1)
+        self.scratch_values = sum(int(np.prod(shape)) for shape in self._scratch_shapes())
 
     def _input_rows(self, first_row: int, stop_row: int) -> tuple[int, int]:
         """The input rows [first, stop) under the kernel windows of output rows [first_row, stop_row).
@@ -519,8 +520,21 @@ class DepthwiseBlock(Step):
         return bands
 
     def _band(self, first_row, stop_row, origin, keep, expand) -> Band:
-        every, s = slice(None), self.stride
+        """The band's bookkeeping; its depthwise part is cut into sub-bands that fit the cache."""
         target_origin = first_row if self.project is not None else 0
+        depthwise = []
+        for y0, y1 in _bands(first_row, stop_row, self.depthwise_rows):
+            first, taps = self._taps(y0, y1, origin, target_origin)
+            depthwise.append((slice(y0 - target_origin, y1 - target_origin), first, taps))
+        return Band(slice(first_row, stop_row), keep, expand, depthwise)
+
+    def _taps(self, first_row, stop_row, origin, target_origin) -> tuple[tuple, list[tuple]]:
+        """The taps of output rows [first_row, stop_row) when source row 0 holds input row `origin`.
+
+        A tap is (source slices, target slices, scratch slices, weights); the first one (without
+        scratch slices) covers all the rows and columns and writes them.
+        """
+        every, s = slice(None), self.stride
         first, taps = None, []
         for i, (r0, r1, in_r0) in enumerate(self.row_taps):
             y0, y1 = max(first_row, r0), min(stop_row, r1)
@@ -538,12 +552,15 @@ class DepthwiseBlock(Step):
         if first is None:
             raise ValueError(f"fast path: no kernel tap covers output rows {first_row}..{stop_row - 1} "
                              f"of a depthwise layer {self.x.shape} -> {self.out.shape}")
-        return Band(slice(first_row, stop_row), keep, expand, first, taps)
+        return first, taps
+
+    def _scratch_shapes(self):
+        return (self.buffer_shape, self.temp_shape) + ((self.band_shape,) if self.project else ())
 
     def _scratch(self, flat: np.ndarray):
         """A thread's line buffer, product scratch and (when projected) depthwise band, from its scratch."""
         arrays, offset = [], 0
-        for shape in (self.buffer_shape, self.band_shape) + ((self.band_shape,) if self.project else ()):
+        for shape in self._scratch_shapes():
             size = int(np.prod(shape))
             arrays.append(flat[offset: offset + size].reshape(shape))
             offset += size
@@ -561,20 +578,19 @@ class DepthwiseBlock(Step):
                     np.copyto(line_buffer[:, band.keep[1]], line_buffer[:, band.keep[0]])
                 if band.expand is not None:
                     self.expand(x[:, band.expand[0]], line_buffer[:, band.expand[1]])
-                target, weight = band.first_tap[1], band.first_tap[2]
-                np.multiply(source[band.first_tap[0]], weight, out=band_out[target])
-                for source_slices, target, temp_slices, weight in band.taps:
-                    product = temp[temp_slices]
-                    np.multiply(source[source_slices], weight, out=product)
-                    np.add(band_out[target], product, out=band_out[target])
-                depthwise = band_out[:, : band.rows.stop - band.rows.start] if self.project is not None \
-                    else out[:, band.rows]
-                np.add(depthwise, self.bias, out=depthwise)
-                if self.activation is not None:
-                    self.activation(depthwise)
+                for rows, (source_slices, target, weight), taps in band.depthwise:
+                    np.multiply(source[source_slices], weight, out=band_out[target])
+                    for source_slices, target, temp_slices, weight in taps:
+                        product = temp[temp_slices]
+                        np.multiply(source[source_slices], weight, out=product)
+                        np.add(band_out[target], product, out=band_out[target])
+                    depthwise = band_out[:, rows]
+                    np.add(depthwise, self.bias, out=depthwise)
+                    if self.activation is not None:
+                        self.activation(depthwise)
                 if self.project is not None:
                     y = out[:, band.rows]
-                    self.project(depthwise, y)
+                    self.project(band_out[:, : band.rows.stop - band.rows.start], y)
                     if self.residual:
                         np.add(y, x[:, band.rows], out=y)
 
