@@ -33,7 +33,8 @@ class PretrainedConfig:
     def _init_labels(self) -> None:
         if self.id2label is not None:
             try:
-                self.id2label = {int(k): str(v) for k, v in dict(self.id2label).items()}
+                labels = {int(k): str(v) for k, v in dict(self.id2label).items()}
+                self.id2label = dict(sorted(labels.items()))  # JSON files may list "10" before "2"
             except (TypeError, ValueError):
                 raise ConfigError(f"config field 'id2label' must map integer ids to names, got {self.id2label!r:.80}")
             if self.num_labels is not None and self.num_labels != len(self.id2label):

@@ -3,7 +3,7 @@
 The schema is written down in docs/weights_format.md, for readers in other languages. In short:
 
     /                      root attributes (all strings are UTF-8; JSON ones hold a JSON document)
-      format               "mobilenet-np-weights"
+      format               "mobilenet-np-weights"   (strings: fixed-length UTF-8)
       format_version       1
       architecture         "MobileNetV1ForImageClassification" | "MobileNetV2ForImageClassification" |
                            "MobileNetV2ForSemanticSegmentation" | "MobileNetV1Model" | "MobileNetV2Model"
@@ -56,6 +56,16 @@ class WeightsFile:
     format_version: int = FORMAT_VERSION
 
 
+def _string_attribute(f, name: str, text: str) -> None:
+    """A fixed-length UTF-8 string attribute. Fixed, not variable-length: its bytes are stored with the
+    attribute itself, so a reader never follows a heap pointer that a damaged file could corrupt
+    (HDF5 can loop forever on a corrupted variable-length string)."""
+    import h5py
+
+    data = text.encode("utf-8")
+    f.attrs.create(name, data=data, dtype=h5py.string_dtype("utf-8", max(len(data), 1)))
+
+
 def save_weights(path, tensors: dict[str, np.ndarray], architecture: str, config: dict[str, Any], *,
                  image_processor: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None,
                  overwrite: bool = False) -> Path:
@@ -67,26 +77,43 @@ def save_weights(path, tensors: dict[str, np.ndarray], architecture: str, config
     id2label = {str(k): v for k, v in config.get("id2label", {}).items()}
     path = Path(path)
     with atomic_output(path, overwrite=overwrite) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT_NAME
+        # libver v108: attributes over 64 KiB (the config with 1001 labels) go to dense storage.
+        with h5py.File(tmp, "w", libver=("v108", "latest")) as f:
+            _string_attribute(f, "format", FORMAT_NAME)
             f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["architecture"] = architecture
-            f.attrs["config"] = json.dumps(config, sort_keys=True)
-            f.attrs["id2label"] = json.dumps(id2label)
-            f.attrs["image_processor"] = json.dumps(image_processor or {}, sort_keys=True)
-            f.attrs["provenance"] = json.dumps(provenance or {}, sort_keys=True)
+            _string_attribute(f, "architecture", architecture)
+            _string_attribute(f, "config", json.dumps(config, sort_keys=True))
+            _string_attribute(f, "id2label", json.dumps(id2label))
+            _string_attribute(f, "image_processor", json.dumps(image_processor or {}, sort_keys=True))
+            _string_attribute(f, "provenance", json.dumps(provenance or {}, sort_keys=True))
             group = f.create_group(TENSORS_GROUP)
             for key, value in tensors.items():
                 group.create_dataset(key, data=np.asarray(value))
     return path
 
 
-def _json_attribute(attrs, name: str, path: Path, required: bool = True):
+# A damaged file can declare an attribute or a tensor of any size; reading it would allocate that much.
+MAX_ATTRIBUTE_BYTES = 64 << 20
+MAX_TENSOR_BYTES = 1 << 30
+
+
+def _attribute(attrs, name: str, path: Path):
+    """attrs[name], or None when absent; refuses sizes no weights file has (damaged headers)."""
     if name not in attrs:
+        return None
+    declared = attrs.get_id(name)
+    nbytes = int(np.prod(declared.shape or (), dtype=np.float64)) * declared.dtype.itemsize
+    if nbytes > MAX_ATTRIBUTE_BYTES:
+        raise WeightsError(f"{path}: root attribute {name!r} declares {nbytes} bytes (damaged file?)")
+    return attrs[name]
+
+
+def _json_attribute(attrs, name: str, path: Path, required: bool = True):
+    value = _attribute(attrs, name, path)
+    if value is None:
         if required:
             raise WeightsError(f"{path}: missing root attribute {name!r} (not a {FORMAT_NAME} file?)")
         return {}
-    value = attrs[name]
     try:
         return json.loads(value.decode() if isinstance(value, bytes) else str(value))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -107,16 +134,16 @@ def read_weights(path) -> WeightsFile:
     try:
         with f:
             attrs = f.attrs
-            fmt = attrs.get("format")
+            fmt = _attribute(attrs, "format", path)
             fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
             if fmt != FORMAT_NAME:
                 raise WeightsError(f"{path}: root attribute 'format' is {fmt!r}, expected {FORMAT_NAME!r}")
-            version = attrs.get("format_version")
+            version = _attribute(attrs, "format_version", path)
             if not isinstance(version, (int, np.integer)) or int(version) != FORMAT_VERSION:
                 version = int(version) if isinstance(version, np.integer) else version  # 2, not np.int64(2)
                 raise WeightsError(f"{path}: format_version {version!r} is not supported (this mobilenet_np reads "
                                    f"version {FORMAT_VERSION}); upgrade mobilenet-np or re-convert the weights")
-            architecture = attrs.get("architecture")
+            architecture = _attribute(attrs, "architecture", path)
             architecture = architecture.decode() if isinstance(architecture, bytes) else architecture
             if architecture not in architectures():
                 raise WeightsError(f"{path}: root attribute 'architecture' is {architecture!r}, "
@@ -135,6 +162,9 @@ def read_weights(path) -> WeightsFile:
                 if not isinstance(dataset, h5py.Dataset):
                     raise WeightsError(f"{path}: /{TENSORS_GROUP}/{key} is not a dataset")
                 name = key.decode("utf-8", "replace") if isinstance(key, bytes) else key  # damaged names
+                if dataset.size * dataset.dtype.itemsize > MAX_TENSOR_BYTES:
+                    raise WeightsError(f"{path}: /{TENSORS_GROUP}/{name} declares shape {dataset.shape} "
+                                       f"({dataset.size * dataset.dtype.itemsize} bytes), more than any weight tensor")
                 tensors[name] = dataset[()]
     except WeightsError:
         raise

@@ -68,8 +68,9 @@ def test_save_and_load_give_back_exactly_the_model(architecture, tmp_path):
         ours, theirs = loaded(pixels()), model(pixels())
         assert all(np.array_equal(a, b) for a, b in zip(ours.to_tuple(), theirs.to_tuple()))
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == FORMAT_NAME and f.attrs["format_version"] == FORMAT_VERSION
-        assert f.attrs["architecture"] == architecture
+        assert f.attrs["format"] == FORMAT_NAME.encode() and f.attrs["format_version"] == FORMAT_VERSION
+        assert f.attrs["architecture"] == architecture.encode()  # fixed-length UTF-8 strings read as bytes
+        assert h5py.check_string_dtype(f.attrs.get_id("config").dtype).length is not None  # fixed, not vlen
         assert sorted(f[TENSORS_GROUP]) == sorted(model.parameter_shapes())
         counters = [k for k in f[TENSORS_GROUP] if k.endswith("num_batches_tracked")]
         assert counters and all(f[TENSORS_GROUP][k].dtype == np.int64 and f[TENSORS_GROUP][k].shape == ()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from ..errors import MobileNetError
 
@@ -34,12 +36,21 @@ def build_parser(prog: str, description: str, package: str, modules: list[str]) 
     return parser
 
 
+def _interrupt_on_sigterm(signum, frame):
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so atomic_output removes its temporary file and the
+    # old output stays as it was. (SIGKILL cannot be caught: it may leave a ".NAME.*.tmp" file,
+    # but never a half-written NAME.)
+    raise KeyboardInterrupt
+
+
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     """Parse, run the chosen subcommand, and turn the project's errors into one line and exit status 2."""
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt_on_sigterm) if in_main_thread else None
     try:
         return int(args.func(args) or 0)
     except MobileNetError as e:
@@ -50,6 +61,9 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
 
 
 def main(argv: list[str] | None = None) -> int:
