@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -39,3 +40,25 @@ def atomic_output(path, overwrite: bool = False, suffix: str = "") -> Iterator[P
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (provenance of weights, images, checkpoints)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def open_hdf5(path, error: type[MobileNetError], what: str):
+    """An h5py.File open for reading, or `error` with one line: no such file / not a readable HDF5 file."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such {what}" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise error(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0][:120]})") from None

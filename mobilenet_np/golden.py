@@ -20,7 +20,6 @@ Three producers write it: `mobilenet-np golden` (this package, float32 or float6
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import MobileNetError
-from .fileio import atomic_output
+from .fileio import atomic_output, file_sha256, open_hdf5  # noqa: F401  (file_sha256: part of this API)
 
 FORMAT_NAME = "mobilenet-np-golden"
 FORMAT_VERSION = 1
@@ -133,15 +132,6 @@ def record_model(model, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
     return recording.tensors
 
 
-def file_sha256(path) -> str:
-    """Hex sha256 of a file's bytes (identifies the exact weights or image a golden file came from)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def library_versions(*packages: str) -> dict[str, str]:
     """{"python": ..., package: version} for numpy, h5py, mobilenet-np and the `packages` asked for."""
     versions = {"python": platform.python_version()}
@@ -214,12 +204,7 @@ def read_golden(path) -> Golden:
     import h5py
 
     path = Path(path)
-    if not path.is_file():
-        raise GoldenError(f"{path}: no such golden file" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise GoldenError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0][:120]})") from None
+    f = open_hdf5(path, GoldenError, "golden file")
     try:
         with f:
             attrs = {key: _decode(value) for key, value in f.attrs.items()}

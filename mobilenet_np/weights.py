@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import WeightsError
-from .fileio import atomic_output
+from .fileio import atomic_output, open_hdf5
 
 FORMAT_NAME = "mobilenet-np-weights"
 FORMAT_VERSION = 1
@@ -125,12 +125,7 @@ def read_weights(path) -> WeightsFile:
     import h5py
 
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise WeightsError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0][:120]})") from None
+    f = open_hdf5(path, WeightsError, "weights file")
     try:
         with f:
             attrs = f.attrs

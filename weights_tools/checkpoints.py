@@ -14,7 +14,6 @@ pickled `pytorch_model.bin` needs torch.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -208,15 +207,6 @@ def read_checkpoint(folder: Path, progress: bool = False) -> Checkpoint:
         tensors.update(read(path, progress))
     image_processor = read_json(folder / PREPROCESSOR_NAME) if (folder / PREPROCESSOR_NAME).is_file() else {}
     return Checkpoint(folder, config, tensors, paths, image_processor)
-
-
-def sha256_of_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tqdm_disable(progress: bool) -> bool | None:

@@ -25,10 +25,11 @@ import numpy as np
 
 import mobilenet_np
 from mobilenet_np.errors import ConfigError, ConversionError, WeightsError
+from mobilenet_np.fileio import file_sha256
 from mobilenet_np.weights import architectures, save_weights
 
 from . import __version__
-from .checkpoints import CONFIG_NAME, Checkpoint, read_checkpoint, resolve_source, sha256_of_file
+from .checkpoints import CONFIG_NAME, Checkpoint, read_checkpoint, resolve_source
 
 # transformers model_type -> the prefix of its class names
 MODEL_TYPES = {"mobilenet_v1": "MobileNetV1", "mobilenet_v2": "MobileNetV2"}
@@ -105,7 +106,7 @@ def convert_checkpoint(source, out, overwrite: bool = False, progress: bool = Tr
     architecture = architecture_of(checkpoint)
     model = checked_model(checkpoint, architecture)
     provenance.update({
-        "source_sha256": {p.name: sha256_of_file(p) for p in checkpoint.files},
+        "source_sha256": {p.name: file_sha256(p) for p in checkpoint.files},
         "converter": "weights_tools",
         "converter_version": __version__,
         "mobilenet_np_version": mobilenet_np.__version__,

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from mobilenet_np.errors import ConversionError
+from mobilenet_np.fileio import open_hdf5
 from mobilenet_np.mobilenet_v1 import MobileNetV1ForImageClassification, MobileNetV1Model
 from mobilenet_np.mobilenet_v2 import MobileNetV2ForImageClassification, MobileNetV2Model
 
@@ -65,15 +66,8 @@ def read_keras_h5(path) -> tuple[dict[str, dict[str, np.ndarray]], dict | None]:
     Weight names lose their layer prefix and ":0" suffix: "conv_dw_1/depthwise_kernel:0" -> "depthwise_kernel".
     Layers without weights (ReLU, padding, pooling, dropout) are left out.
     """
-    import h5py
-
     path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"{path}: no such Keras weights file" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise ConversionError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0][:100]})") from None
+    f = open_hdf5(path, ConversionError, "Keras weights file")
     try:
         with f:
             model_config = json.loads(_text(f.attrs["model_config"])) if "model_config" in f.attrs else None

@@ -7,7 +7,6 @@ change channel counts (`fit_config`): the tensors' shapes decide, never the file
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from pathlib import Path
 from typing import Any, Callable
@@ -15,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mobilenet_np.errors import ConfigError, ConversionError, WeightsError
+from mobilenet_np.fileio import file_sha256
 from mobilenet_np.weights import read_weights
 
 from . import __version__
@@ -22,14 +22,6 @@ from .labels import id2label_from_file
 
 # The preprocessing every TensorFlow MobileNet was trained with: RGB scaled to [-1, 1].
 IMAGE_MEAN = IMAGE_STD = [0.5, 0.5, 0.5]
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def image_processor_config(model_class: type, image_size: int | list[int]) -> dict[str, Any]:
