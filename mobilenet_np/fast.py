@@ -55,6 +55,8 @@ GEMM_BAND_BYTES = 256 * 1024
 # A band of a depthwise block has at least this many pixels, so that its matrix products are not too
 # small for BLAS to run efficiently (its depthwise part is then done in several cache-sized pieces).
 BAND_MIN_PIXELS = 256
+# A DepthwiseBlock's line buffer has room for this many bands' new rows (see DepthwiseBlock._band).
+LINE_BUFFER_BANDS = 4
 # Depthwise weights are repeated along the output width (one (W_out, C) block per tap) when that takes
 # at most this many bytes: ufuncs then run over whole contiguous rows instead of C-long pieces.
 TILE_BYTES = 1024 * 1024
@@ -119,18 +121,82 @@ def _single_threaded_blas() -> bool:
     return _blas_single_threaded
 
 
-def _run_parallel(work: Callable[[int], None], threads: int) -> None:
-    """work(t) for t in range(threads): the last on this thread, the others on the pool."""
+class _Fronts:
+    """Hands out the bands [start, stop) of one segment from both ends, to at most two threads.
+
+    One thread walks down from the first band, the other up from the last, until they meet: a thread
+    that starts late (its core busy with other work) just gets fewer bands, and each thread's bands
+    are consecutive, so a DepthwiseBlock's line buffer carries over from one band to the next.
+    """
+
+    def __init__(self, start: int, stop: int):
+        self.next_down, self.next_up = start, stop - 1
+        self.lock = threading.Lock()
+
+    def take(self, downward: bool) -> int | None:
+        with self.lock:
+            if self.next_down > self.next_up:
+                return None
+            if downward:
+                self.next_down += 1
+                return self.next_down - 1
+            self.next_up -= 1
+            return self.next_up + 1
+
+
+class _Countdown:
+    """Counts finished bands; wait() returns when all are done (or re-raises a thread's error)."""
+
+    def __init__(self, count: int):
+        self.count, self.error = count, None
+        self.lock, self.done = threading.Lock(), threading.Event()
+        if count == 0:
+            self.done.set()
+
+    def finished(self, error: BaseException | None = None) -> None:
+        with self.lock:
+            self.count -= 1
+            self.error = self.error or error
+            if self.count == 0 or error is not None:
+                self.done.set()
+
+    def wait(self) -> None:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+
+
+def _run_bands(do_band: Callable[[int, int, bool], None], bands: int, threads: int) -> None:
+    """do_band(thread, band, downward) for every band in range(bands), on up to `threads` threads.
+
+    The bands are cut into ceil(threads / 2) segments; in each, thread 2k walks down from the first
+    band and thread 2k + 1 up from the last (_Fronts). This thread is thread 0; the pool runs the
+    others, and a pool thread that has not started when all bands are done is simply cancelled.
+    """
     global _executor
-    if threads == 1:
-        work(0)
-        return
-    if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=_num_threads - 1, thread_name_prefix="mobilenet_np")
-    futures = [_executor.submit(work, t) for t in range(threads - 1)]
-    work(threads - 1)
+    segments = [_Fronts(a, b) for a, b in _split(bands, -(-threads // 2))]
+    threads = min(threads, 2 * len(segments))
+    countdown = _Countdown(bands)
+
+    def worker(t: int) -> None:
+        fronts, downward = segments[t // 2], t % 2 == 0
+        while countdown.error is None and (band := fronts.take(downward)) is not None:
+            try:
+                do_band(t, band, downward)
+            except BaseException as error:       # noqa: BLE001 -- handed to the waiting thread
+                countdown.finished(error)
+                return
+            countdown.finished()
+
+    futures = []
+    if threads > 1:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=_num_threads - 1, thread_name_prefix="mobilenet_np")
+        futures = [_executor.submit(worker, t) for t in range(1, threads)]
+    worker(0)
+    countdown.wait()
     for future in futures:
-        future.result()
+        future.cancel()                          # the ones that never started; the others have no band left
 
 
 def _split(length: int, parts: int) -> list[tuple[int, int]]:
@@ -331,17 +397,20 @@ class Plan:
 # the kernels
 # --------------------------------------------------------------------------------------------------
 
-def _activation(name: str | None, dtype) -> Callable[[np.ndarray], None] | None:
-    """The layer's activation (from modeling_utils.ACTIVATIONS, as the readable path) working in place."""
+def _activation(name: str | None, dtype) -> Callable[[np.ndarray, np.ndarray], None]:
+    """The layer's activation (modeling_utils.ACTIVATIONS, as in the readable path) as f(x, out=y).
+
+    f(y, y) works in place; None (a linear layer) copies, or does nothing in place.
+    """
     if name is None:
-        return None
+        return lambda x, y: None if x is y else np.copyto(y, x)
     function = ACTIVATIONS[name]
     zero, six = dtype.type(0), dtype.type(6)
     if function is ops.relu6:
-        return lambda y: np.clip(y, zero, six, out=y)
+        return lambda x, y: np.clip(x, zero, six, out=y)
     if function is ops.relu:
-        return lambda y: np.maximum(y, zero, out=y)
-    return lambda y: np.copyto(y, function(y))               # any other activation, out of place
+        return lambda x, y: np.maximum(x, zero, out=y)
+    return lambda x, y: np.copyto(y, function(x))            # any other activation, out of place
 
 
 class SaveHiddenState(Step):
@@ -359,9 +428,9 @@ class SaveHiddenState(Step):
 class MatMul(Step):
     """A 1x1 convolution: (N*H*W, C_in) @ (C_in, C_out), then + bias, activation, + residual.
 
-    The output rows are cut into bands, each thread taking a run of them: a band's matrix product
-    and its epilogue run back to back, while the band is in cache. With few rows (late, small
-    layers) the threads split the output columns instead.
+    The output rows are cut into bands, handed out to the threads (`_run_bands`): a band's matrix
+    product and its epilogue run back to back, while the band is in cache. With few rows (late,
+    small layers) the bands are column ranges of the output instead.
 
     weight: (C_in, C_out). bias: (C_out,), or a Value (N, 1, 1, C_out) holding one bias per image
     (the DeepLab projection, see PooledProjectionBias).
@@ -377,18 +446,16 @@ class MatMul(Step):
         pixels = h * w
         self.threads = _threads_for(out.size) if split_gemm else 1
         rows_per_band = max(1, GEMM_BAND_BYTES // (c_out * weight.itemsize))
-        self.bands = []          # per thread: (image, row slice, column slice) of the (N, H*W, C) views
-        if n * pixels >= self.threads * GEMM_MIN_ROWS or self.threads == 1:
-            for start, stop in _split(n * pixels, self.threads):
-                bands, r = [], start
-                while r < stop:                                       # bands never cross an image
-                    image, end = r // pixels, min(stop, r + rows_per_band, (r // pixels + 1) * pixels)
-                    bands.append((image, slice(r - image * pixels, end - image * pixels), slice(None)))
-                    r = end
-                self.bands.append(bands)
+        self.bands = []          # (image, row slice, column slice) of the (N, H*W, C) views
+        if n * pixels >= 2 * self.threads * GEMM_MIN_ROWS or self.threads == 1:
+            rows_per_band = min(rows_per_band, max(GEMM_MIN_ROWS, -(-n * pixels // (2 * self.threads))))
+            r = 0
+            while r < n * pixels:                                     # bands never cross an image
+                image, end = r // pixels, min(r + rows_per_band, (r // pixels + 1) * pixels)
+                self.bands.append((image, slice(r - image * pixels, end - image * pixels), slice(None)))
+                r = end
         else:
-            self.bands = [[(slice(None), slice(None), slice(a, b))] for a, b in _split(c_out, self.threads)]
-            self.threads = len(self.bands)
+            self.bands = [(slice(None), slice(None), slice(a, b)) for a, b in _split(c_out, 2 * self.threads)]
 
     def run(self, views, context):
         n, h, w, c_out = self.out.shape
@@ -398,65 +465,66 @@ class MatMul(Step):
         bias = views[self.bias].reshape(-1, 1, c_out) if per_image_bias else self.bias[None, None]
         residual = None if self.residual is None else views[self.residual].reshape(n, h * w, c_out)
 
-        def work(t):
-            for image, rows, cols in self.bands[t]:
-                y = out[image, rows, cols]
-                np.matmul(x[image, rows], self.weight[:, cols], out=y)
-                np.add(y, bias[image if per_image_bias else 0, :, cols], out=y)
-                if self.activation is not None:
-                    self.activation(y)
-                if residual is not None:
-                    np.add(y, residual[image, rows, cols], out=y)
+        def do_band(t, band, downward):
+            image, rows, cols = self.bands[band]
+            y = out[image, rows, cols]
+            np.matmul(x[image, rows], self.weight[:, cols], out=y)
+            np.add(y, bias[image if per_image_bias else 0, :, cols], out=y)
+            self.activation(y, y)
+            if residual is not None:
+                np.add(y, residual[image, rows, cols], out=y)
 
-        _run_parallel(work, self.threads)
+        _run_bands(do_band, len(self.bands), self.threads)
 
 
 @dataclasses.dataclass
 class Pointwise:
-    """A 1x1 layer inside a DepthwiseBlock: weight (C_in, C_out), bias (C_out,), in-place activation."""
+    """A 1x1 layer inside a DepthwiseBlock: weight (C_in, C_out), bias (C_out,) and its activation."""
 
     weight: np.ndarray
     bias: np.ndarray
-    activation: Callable[[np.ndarray], None] | None
+    activation: Callable[[np.ndarray, np.ndarray], None]
 
-    def __call__(self, x: np.ndarray, out: np.ndarray) -> None:
-        """out = activation(x @ weight + bias): x (N, rows, W, C_in) -> out (N, rows, W, C_out), in place."""
+    def linear(self, x: np.ndarray, out: np.ndarray) -> None:
+        """out = x @ weight + bias: x (N, rows, W, C_in) -> out (N, rows, W, C_out), out contiguous per image."""
         n, c_out = x.shape[0], out.shape[-1]
         y = out.reshape(n, -1, c_out)                                            # (N, rows*W, C_out)
         np.matmul(x.reshape(n, -1, x.shape[-1]), self.weight, out=y)
         np.add(y, self.bias, out=y)
-        if self.activation is not None:
-            self.activation(y)
 
 
 @dataclasses.dataclass
 class Band:
-    """What a DepthwiseBlock does for one band of output rows (all slices worked out in advance)."""
+    """How a DepthwiseBlock's thread gets the line buffer ready for one band of output rows.
 
-    rows: slice                      # the band's output rows
-    keep: tuple[slice, slice] | None  # line buffer rows to move to its start: (from, to)
-    expand: tuple[slice, slice] | None  # input rows to expand, and the line buffer rows they go to
-    depthwise: list[tuple]           # per sub-band: (target rows, first tap, other taps), see DepthwiseBlock._taps
+    Line buffer row 0 holds padded input row `origin`; padded rows are the input rows shifted by the
+    top padding, the padding rows being zeros.
+    """
+
+    origin: int
+    keep: tuple[slice, slice] | None       # rows the thread's previous band left, to move: (from, to)
+    zeros: list[slice]                     # buffer rows that are padding
+    fills: list[tuple[slice, slice]]       # input rows of x, and the buffer rows they go to
 
 
 class DepthwiseBlock(Step):
     """[1x1 expand] -> k x k depthwise -> [1x1 project] [+ residual], one band of output rows at a time.
 
     This is MobileNetV2's inverted residual block (and, without the expand, V1's separable
-    convolution or a lone depthwise layer). Each thread takes a run of output rows and walks it
-    band by band:
-      1. expand: the expanded rows the band's depthwise taps read are computed into the thread's
-         line buffer (x rows @ W_expand + bias, activation), except those the previous band already
-         computed, which are moved to the buffer's start (the kernel's overlap);
-      2. depthwise, channels-last: for each tap, out[rows, cols] += source[shifted] * w[tap], on
-         the sub-rectangle of outputs that read real (non-padding) pixels. The tap that reads pixel
-         (y*s, x*s) for output (y, x) covers the whole band and writes it first (no zero fill);
-         then bias and activation;
-      3. project: the band's depthwise output @ W_project + bias [activation] [+ the block input]
-         goes straight to the output rows.
+    convolution, or a lone depthwise layer). Each thread has a line buffer: the padded rows of the
+    depthwise layer's input that the current band reads, zero padding included (rows and columns).
+    For a band of output rows, a thread
+      1. fills its line buffer: the rows the previous band left there are kept (moved to its top),
+         the new ones are the expanded input rows (x @ W_expand + bias, activation) or, without
+         an expand layer, x's rows; padding rows and columns are zeros;
+      2. runs the depthwise layer, channels-last, as one einsum over a strided view of the buffer:
+         out[n, y, x, c] = sum over i, j of buffer[n, y*s + i*d, x*s + j*d, c] * w[i, j, c]
+         (with small channel counts, over whole rows: the view and the weights then run along
+         (x, c) flattened, the weights repeated along the row); then bias and activation;
+      3. projects the band (@ W_project + bias [activation] [+ the block input]) straight into
+         the output rows.
     The expanded and depthwise tensors are never stored whole, the band stays in cache from one
-    layer to the next, and the threads meet once per block. A thread recomputes the few expanded
-    rows its neighbour also needs (the halo at its first band).
+    layer to the next, and the threads meet once per block.
     """
 
     def __init__(self, layer: ConvLayer, x: Value, out: Value, weight: np.ndarray, bias: np.ndarray,
@@ -464,101 +532,84 @@ class DepthwiseBlock(Step):
                  project: Pointwise | None = None, residual: bool = False):
         self.x, self.out, self.bias, self.expand, self.project, self.residual = x, out, bias, expand, project, residual
         self.reads, self.writes = (x,), (out,)
+        self.activation = _activation(layer.activation, weight.dtype)
         n, h, w, _ = x.shape
         _, h_out, w_out, _ = out.shape
         c = layer.in_channels                                                    # the depthwise channels
-        k, s, d = layer.kernel_size, layer.stride, layer.dilation
+        self.k, self.s, self.d = layer.kernel_size, layer.stride, layer.dilation
+        top, bottom, self.left, right = padding
+        self.top, self.height, self.width, self.w_out = top, h, w, w_out
         weight = np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0))          # (k, k, C)
-        if k * k * w_out * c * weight.itemsize <= TILE_BYTES:
-            # (k, k, W_out, C): a tap's weights for a run of output columns is one contiguous block
-            weight = np.ascontiguousarray(np.broadcast_to(weight[:, :, None, :], (k, k, w_out, c)))
+        self.flat = self.s == 1 and weight.size * w_out * weight.itemsize <= TILE_BYTES
+        if self.flat:   # (k, k, W_out * C): each tap's weights repeated along the output row
+            weight = np.ascontiguousarray(np.broadcast_to(weight[:, :, None, :], (self.k, self.k, w_out, c)))
+            weight = weight.reshape(self.k, self.k, w_out * c)
         self.weight = weight
-        self.activation = _activation(layer.activation, weight.dtype)
-        self.row_taps = tap_ranges(h, h_out, k, s, d, padding[0])
-        self.col_taps = tap_ranges(w, w_out, k, s, d, padding[2])
-        self.stride, self.w_out = s, w_out
-        self.kernel, self.dilation, self.pad_top, self.in_height = k, d, padding[0], h
 
-        row_values = n * w_out * c
-        self.depthwise_rows = max(1, BAND_BYTES // (row_values * weight.itemsize))
-        rows_per_band = max(self.depthwise_rows, -(-BAND_MIN_PIXELS // (n * w_out)))
+        rows_per_band = max(1, BAND_BYTES // (n * w_out * c * weight.itemsize), -(-BAND_MIN_PIXELS // (n * w_out)))
         self.threads = _threads_for(n * h_out * w_out * max(c, out.shape[-1]))
-        self.bands = [self._chunk(start, stop, rows_per_band) for start, stop in _split(h_out, self.threads)]
-        self.threads = len(self.bands)
-        buffer_rows = max((b.expand[1].stop for chunk in self.bands for b in chunk if b.expand), default=0)
-        band_rows = min(rows_per_band, h_out)
-        self.buffer_shape = (n, buffer_rows, w, c)                               # the expand line buffer
-        self.temp_shape = (n, min(self.depthwise_rows, h_out), w_out, c)         # one tap's products
-        self.band_shape = (n, band_rows, w_out, c)                               # depthwise output, when projected
+        if self.threads > 1:                    # at least two bands per thread, to share out
+            rows_per_band = min(rows_per_band, -(-h_out // (2 * self.threads)))
+        self.bands = _bands(0, h_out, rows_per_band)
+        needs = [self._padded_rows(y0, y1) for y0, y1 in self.bands]
+        # The line buffer holds LINE_BUFFER_BANDS bands' worth of new rows besides the kernel's overlap,
+        # so that the overlap is moved back to its start only every few bands.
+        span = max(b - a for a, b in needs)
+        self.buffer_rows = span + (LINE_BUFFER_BANDS - 1) * rows_per_band * self.s
+        # A thread walking down starts at a segment's first band and continues from the band above;
+        # one walking up starts at its last band, from the band below (_run_bands).
+        self.down, self.up = [None] * len(needs), [None] * len(needs)
+        for a, b in _split(len(self.bands), -(-self.threads // 2)):
+            for walk, downward in ((range(a, b), True), (reversed(range(a, b)), False)):
+                bands, held = (self.down, self.up)[not downward], None
+                for i in walk:
+                    bands[i] = self._band(held, needs[i], downward)
+                    held = (bands[i].origin, needs[i])
+        self.buffer_shape = (n, self.buffer_rows, self.left + w + right, c)      # padded input rows
+        self.expanded_shape = (n, span, w, c) if expand is not None else (0,)   # expand output, pre-activation
+        self.band_shape = (n, min(rows_per_band, h_out), w_out, c) if project is not None else (0,)
         self.scratch_values = sum(int(np.prod(shape)) for shape in self._scratch_shapes())
 
-    def _input_rows(self, first_row: int, stop_row: int) -> tuple[int, int]:
-        """The input rows [first, stop) under the kernel windows of output rows [first_row, stop_row).
+    def _padded_rows(self, first_row: int, stop_row: int) -> tuple[int, int]:
+        """The padded input rows [first, stop) under the kernel windows of output rows [first_row, stop_row)."""
+        return first_row * self.s, (stop_row - 1) * self.s + (self.k - 1) * self.d + 1
 
-        (The whole span, inside the image: so that it only moves forward from one band to the next.)
+    def _band(self, held, need: tuple[int, int], downward: bool) -> Band:
+        """Line buffer bookkeeping for a band that reads padded rows `need`.
+
+        `held`: (origin, rows) of the thread's previous band: the padded row at buffer row 0 and
+        the rows it read, which are in the buffer (None: a first band). If `need` fits in the
+        buffer as it is placed, the band only fills its new rows; otherwise the buffer is placed
+        again so that `need` starts at its top (walking down) or ends at its bottom (walking up),
+        and the rows both bands read are moved.
         """
-        first = first_row * self.stride - self.pad_top
-        stop = (stop_row - 1) * self.stride + (self.kernel - 1) * self.dilation - self.pad_top + 1
-        return max(first, 0), min(stop, self.in_height)
-
-    def _chunk(self, start: int, stop: int, rows_per_band: int) -> list[Band]:
-        """The bands of one thread's output rows [start, stop), with its line buffer bookkeeping."""
-        bands = []
-        have = (0, 0)                                   # input rows in the line buffer, from its row 0
-        for y0, y1 in _bands(start, stop, rows_per_band):
-            need = self._input_rows(y0, y1)
-            keep = expand = None
-            origin = 0                                  # input row held by source row 0
-            if self.expand is not None:
-                kept = (need[0], have[1]) if have[1] > need[0] else (need[0], need[0])
-                if kept[1] > kept[0] and need[0] != have[0]:
-                    keep = (slice(kept[0] - have[0], kept[1] - have[0]), slice(0, kept[1] - kept[0]))
-                if need[1] > kept[1]:
-                    expand = (slice(kept[1], need[1]), slice(kept[1] - need[0], need[1] - need[0]))
-                have, origin = need, need[0]
-            bands.append(self._band(y0, y1, origin, keep, expand))
-        return bands
-
-    def _band(self, first_row, stop_row, origin, keep, expand) -> Band:
-        """The band's bookkeeping; its depthwise part is cut into sub-bands that fit the cache."""
-        target_origin = first_row if self.project is not None else 0
-        depthwise = []
-        for y0, y1 in _bands(first_row, stop_row, self.depthwise_rows):
-            first, taps = self._taps(y0, y1, origin, target_origin)
-            depthwise.append((slice(y0 - target_origin, y1 - target_origin), first, taps))
-        return Band(slice(first_row, stop_row), keep, expand, depthwise)
-
-    def _taps(self, first_row, stop_row, origin, target_origin) -> tuple[tuple, list[tuple]]:
-        """The taps of output rows [first_row, stop_row) when source row 0 holds input row `origin`.
-
-        A tap is (source slices, target slices, scratch slices, weights); the first one (without
-        scratch slices) covers all the rows and columns and writes them.
-        """
-        every, s = slice(None), self.stride
-        first, taps = None, []
-        for i, (r0, r1, in_r0) in enumerate(self.row_taps):
-            y0, y1 = max(first_row, r0), min(stop_row, r1)
-            for j, (c0, c1, in_c0) in enumerate(self.col_taps):
-                if y0 >= y1 or c0 >= c1:
-                    continue                                            # this tap only sees padding
-                source = (every, _tap_slice(in_r0 + (y0 - r0) * s - origin, y1 - y0, s), _tap_slice(in_c0, c1 - c0, s))
-                target = (every, slice(y0 - target_origin, y1 - target_origin), slice(c0, c1))
-                temp = (every, slice(0, y1 - y0), slice(0, c1 - c0))
-                weight = self.weight[i, j, c0:c1] if self.weight.ndim == 4 else self.weight[i, j]
-                if first is None and (y0, y1, c0, c1) == (first_row, stop_row, 0, self.w_out):
-                    first = (source, target, weight)
-                else:
-                    taps.append((source, target, temp, weight))
-        if first is None:
-            raise ValueError(f"fast path: no kernel tap covers output rows {first_row}..{stop_row - 1} "
-                             f"of a depthwise layer {self.x.shape} -> {self.out.shape}")
-        return first, taps
+        origin, have = held if held else (None, (0, 0))
+        if origin is None or need[0] < origin or need[1] > origin + self.buffer_rows:
+            origin = need[0] if downward else need[1] - self.buffer_rows
+        kept = (max(have[0], need[0]), min(have[1], need[1]))
+        keep = None
+        if kept[1] > kept[0]:
+            new = [(need[0], kept[0]), (kept[1], need[1])]            # above and below what is kept
+            if held[0] != origin:
+                keep = (slice(kept[0] - held[0], kept[1] - held[0]), slice(kept[0] - origin, kept[1] - origin))
+        else:
+            new = [need]
+        zeros, fills = [], []
+        image = (self.top, self.top + self.height)                    # padded rows that are input rows
+        for a, b in new:
+            for z0, z1 in ((a, min(b, image[0])), (max(a, image[1]), b)):
+                if z1 > z0:
+                    zeros.append(slice(z0 - origin, z1 - origin))
+            f0, f1 = max(a, image[0]), min(b, image[1])
+            if f1 > f0:
+                fills.append((slice(f0 - self.top, f1 - self.top), slice(f0 - origin, f1 - origin)))
+        return Band(origin, keep, zeros, fills)
 
     def _scratch_shapes(self):
-        return (self.buffer_shape, self.temp_shape) + ((self.band_shape,) if self.project else ())
+        return self.buffer_shape, self.expanded_shape, self.band_shape
 
     def _scratch(self, flat: np.ndarray):
-        """A thread's line buffer, product scratch and (when projected) depthwise band, from its scratch."""
+        """A thread's line buffer, expand output and (when projected) depthwise band, from its scratch."""
         arrays, offset = [], 0
         for shape in self._scratch_shapes():
             size = int(np.prod(shape))
@@ -566,35 +617,58 @@ class DepthwiseBlock(Step):
             offset += size
         return arrays
 
+    def _windows(self, buffer: np.ndarray, first: int, rows: int) -> np.ndarray:
+        """The depthwise layer's input windows of `rows` output rows, read from buffer row `first`.
+
+        (N, rows, W_out, C, k, k), or with `flat` weights (N, rows, W_out * C, k, k):
+        windows[n, y, x, c, i, j] = buffer[n, first + y*s + i*d, x*s + j*d, c]
+        """
+        n, _, _, c = buffer.shape
+        batch, row, column, item = buffer.strides
+        s, d = self.s, self.d
+        if self.flat:       # stride 1: (x, c) flattened is one axis of unit stride
+            shape, strides = (n, rows, self.w_out * c, self.k, self.k), (batch, row, item, d * row, d * column)
+        else:
+            shape = (n, rows, self.w_out, c, self.k, self.k)
+            strides = (batch, s * row, s * column, item, d * row, d * column)
+        return np.lib.stride_tricks.as_strided(buffer[:, first:], shape, strides, writeable=False)
+
     def run(self, views, context):
         x, out = views[self.x], views[self.out]
+        left, width = self.left, self.width
+        subscripts = "nyfij,ijf->nyf" if self.flat else "nyxcij,ijc->nyxc"
 
-        def work(t):
-            line_buffer, temp, *band_out = self._scratch(views["scratch"][t])
-            source = line_buffer if self.expand is not None else x
-            band_out = band_out[0] if self.project is not None else out    # else: straight into the output
-            for band in self.bands[t]:
-                if band.keep is not None:
-                    np.copyto(line_buffer[:, band.keep[1]], line_buffer[:, band.keep[0]])
-                if band.expand is not None:
-                    self.expand(x[:, band.expand[0]], line_buffer[:, band.expand[1]])
-                for rows, (source_slices, target, weight), taps in band.depthwise:
-                    np.multiply(source[source_slices], weight, out=band_out[target])
-                    for source_slices, target, temp_slices, weight in taps:
-                        product = temp[temp_slices]
-                        np.multiply(source[source_slices], weight, out=product)
-                        np.add(band_out[target], product, out=band_out[target])
-                    depthwise = band_out[:, rows]
-                    np.add(depthwise, self.bias, out=depthwise)
-                    if self.activation is not None:
-                        self.activation(depthwise)
-                if self.project is not None:
-                    y = out[:, band.rows]
-                    self.project(band_out[:, : band.rows.stop - band.rows.start], y)
-                    if self.residual:
-                        np.add(y, x[:, band.rows], out=y)
+        def do_band(t, band_index, downward):
+            buffer, expanded, band_out = self._scratch(views["scratch"][t])
+            band = (self.down if downward else self.up)[band_index]
+            y0, y1 = self.bands[band_index]
+            if band.keep is not None:
+                np.copyto(buffer[:, band.keep[1]], buffer[:, band.keep[0]])
+            for rows in band.zeros:
+                buffer[:, rows].fill(0)
+            for x_rows, rows in band.fills:
+                buffer[:, rows, :left].fill(0)
+                buffer[:, rows, left + width:].fill(0)
+                interior = buffer[:, rows, left: left + width]
+                if self.expand is None:
+                    np.copyto(interior, x[:, x_rows])
+                else:
+                    linear = expanded[:, : rows.stop - rows.start]
+                    self.expand.linear(x[:, x_rows], linear)
+                    self.expand.activation(linear, interior)
+            depthwise = band_out[:, : y1 - y0] if self.project is not None else out[:, y0:y1]
+            target = depthwise.reshape(depthwise.shape[0], y1 - y0, -1) if self.flat else depthwise
+            np.einsum(subscripts, self._windows(buffer, y0 * self.s - band.origin, y1 - y0), self.weight, out=target)
+            np.add(depthwise, self.bias, out=depthwise)
+            self.activation(depthwise, depthwise)
+            if self.project is not None:
+                y = out[:, y0:y1]
+                self.project.linear(depthwise, y)
+                self.project.activation(y, y)
+                if self.residual:
+                    np.add(y, x[:, y0:y1], out=y)
 
-        _run_parallel(work, self.threads)
+        _run_bands(do_band, len(self.bands), self.threads)
 
 
 class Im2col(Step):
@@ -661,8 +735,7 @@ class PooledProjectionBias(Step):
     def run(self, views, context):
         pooled = views[self.pooled][:, 0, 0]                                           # (N, C)
         branch = pooled @ self.pool_weight + self.pool_bias                             # (N, 256)
-        if self.pool_activation is not None:
-            self.pool_activation(branch)
+        self.pool_activation(branch, branch)
         out = views[self.out][:, 0, 0]                                                  # (N, 256)
         np.matmul(branch, self.projection_weight, out=out)
         np.add(out, self.projection_bias, out=out)
