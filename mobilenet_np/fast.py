@@ -55,13 +55,16 @@ GEMM_BAND_BYTES = 256 * 1024
 # A band of a depthwise block has at least this many pixels, so that its matrix products are not too
 # small for BLAS to run efficiently (its depthwise part is then done in several cache-sized pieces).
 BAND_MIN_PIXELS = 256
-# A DepthwiseBlock's line buffer has room for this many bands' new rows (see DepthwiseBlock._band).
-LINE_BUFFER_BANDS = 4
 # Depthwise weights are repeated along the output width (one (W_out, C) block per tap) when that takes
 # at most this many bytes: ufuncs then run over whole contiguous rows instead of C-long pieces.
 TILE_BYTES = 1024 * 1024
-# Below this many output values a layer runs on one thread: handing work out would cost more.
-PARALLEL_MIN_VALUES = 32 * 1024
+# Threads pay for every NumPy call they make (the GIL changes hands, ~10 us under contention), so a
+# band shared out to threads should hold about this much work (ns, one thread), estimated with the
+# costs below (measured on a 2-core Xeon; they only set band sizes, never results): a band of 60 us
+# ran 0.66x as fast on 2 threads as on 1, 450 us 1.5x, 1.8 ms 1.84x. Smaller layers run on one thread.
+PARALLEL_BAND_NS = 500_000
+GEMM_NS_PER_MAC = 0.02            # float32 multiply-accumulates in a matrix product (~100 GFLOP/s)
+DEPTHWISE_NS_PER_VALUE = 2.0      # one output value of a 3x3 depthwise layer (einsum, bias, activation)
 # Matrix products with fewer rows than this per thread are split by output columns instead.
 GEMM_MIN_ROWS = 64
 # Plans kept per model (one per input shape and dtype), least recently used dropped first.
@@ -210,8 +213,16 @@ def _bands(start: int, stop: int, rows_per_band: int) -> list[tuple[int, int]]:
     return [(r, min(r + rows_per_band, stop)) for r in range(start, stop, rows_per_band)]
 
 
-def _threads_for(values: int) -> int:
-    return _num_threads if values >= PARALLEL_MIN_VALUES else 1
+def _parallel_rows(rows: int, row_ns: float, rows_per_band: int) -> tuple[int, int]:
+    """(threads, rows per band) for `rows` rows of `row_ns` ns of work each (see PARALLEL_BAND_NS).
+
+    One thread keeps the cache-sized `rows_per_band`; several get bands of PARALLEL_BAND_NS at least,
+    but at least one band each.
+    """
+    if _num_threads == 1 or rows < 2 or rows * row_ns < 2 * PARALLEL_BAND_NS:
+        return 1, rows_per_band
+    rows_per_band = max(rows_per_band, -int(-PARALLEL_BAND_NS // max(row_ns, 1e-9)))
+    return _num_threads, min(rows_per_band, -(-rows // _num_threads))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -444,18 +455,20 @@ class MatMul(Step):
         self.activation = _activation(activation, weight.dtype)
         n, h, w, c_out = out.shape
         pixels = h * w
-        self.threads = _threads_for(out.size) if split_gemm else 1
         rows_per_band = max(1, GEMM_BAND_BYTES // (c_out * weight.itemsize))
+        if split_gemm:
+            self.threads, rows_per_band = _parallel_rows(n * pixels, weight.size * GEMM_NS_PER_MAC, rows_per_band)
+        else:
+            self.threads = 1
         self.bands = []          # (image, row slice, column slice) of the (N, H*W, C) views
-        if n * pixels >= 2 * self.threads * GEMM_MIN_ROWS or self.threads == 1:
-            rows_per_band = min(rows_per_band, max(GEMM_MIN_ROWS, -(-n * pixels // (2 * self.threads))))
+        if n * pixels >= self.threads * GEMM_MIN_ROWS:
             r = 0
             while r < n * pixels:                                     # bands never cross an image
                 image, end = r // pixels, min(r + rows_per_band, (r // pixels + 1) * pixels)
                 self.bands.append((image, slice(r - image * pixels, end - image * pixels), slice(None)))
                 r = end
         else:
-            self.bands = [(slice(None), slice(None), slice(a, b)) for a, b in _split(c_out, 2 * self.threads)]
+            self.bands = [(slice(None), slice(None), slice(a, b)) for a, b in _split(c_out, self.threads)]
 
     def run(self, views, context):
         n, h, w, c_out = self.out.shape
@@ -547,15 +560,15 @@ class DepthwiseBlock(Step):
         self.weight = weight
 
         rows_per_band = max(1, BAND_BYTES // (n * w_out * c * weight.itemsize), -(-BAND_MIN_PIXELS // (n * w_out)))
-        self.threads = _threads_for(n * h_out * w_out * max(c, out.shape[-1]))
-        if self.threads > 1:                    # at least two bands per thread, to share out
-            rows_per_band = min(rows_per_band, -(-h_out // (2 * self.threads)))
+        macs = (x.shape[-1] * c * self.s ** 2 if expand is not None else 0) + (c * out.shape[-1] if project else 0)
+        row_ns = n * w_out * (macs * GEMM_NS_PER_MAC + c * DEPTHWISE_NS_PER_VALUE * self.k ** 2 / 9)
+        self.threads, rows_per_band = _parallel_rows(h_out, row_ns, rows_per_band)
         self.bands = _bands(0, h_out, rows_per_band)
         needs = [self._padded_rows(y0, y1) for y0, y1 in self.bands]
-        # The line buffer holds LINE_BUFFER_BANDS bands' worth of new rows besides the kernel's overlap,
-        # so that the overlap is moved back to its start only every few bands.
+        # Besides the rows of one band, the line buffer has room for twice the rows two bands share,
+        # so that moving those back to its start (_band) costs at most half a band's new rows.
         span = max(b - a for a, b in needs)
-        self.buffer_rows = span + (LINE_BUFFER_BANDS - 1) * rows_per_band * self.s
+        self.buffer_rows = span + 2 * max(0, span - rows_per_band * self.s)
         # A thread walking down starts at a segment's first band and continues from the band above;
         # one walking up starts at its last band, from the band below (_run_bands).
         self.down, self.up = [None] * len(needs), [None] * len(needs)

@@ -56,10 +56,10 @@ def assert_outputs_close(ours, reference, rtol: float, what: str) -> None:
 def tiny_bands(rows: int = 1, threads: int = 3):
     """Cut even tiny layers into bands of `rows` rows on `threads` threads, so every splitting path runs."""
     saved = {name: getattr(fast, name) for name in ("BAND_BYTES", "BAND_MIN_PIXELS", "GEMM_BAND_BYTES",
-                                                     "PARALLEL_MIN_VALUES")}
+                                                     "PARALLEL_BAND_NS")}
     saved_threads = fast.get_num_threads()
     fast.BAND_BYTES, fast.BAND_MIN_PIXELS = 1, 1                  # rows_per_band = 1 ...
-    fast.GEMM_BAND_BYTES, fast.PARALLEL_MIN_VALUES = 64, 1        # ... a few pixels per GEMM band
+    fast.GEMM_BAND_BYTES, fast.PARALLEL_BAND_NS = 64, 0           # ... a few pixels per GEMM band, all threaded
     fast.BAND_MIN_PIXELS = rows                                    # ... or `rows` rows of a 1-pixel-wide image
     fast.set_num_threads(threads)
     try:
