@@ -58,7 +58,7 @@ NETWORKS = {
 }
 ENGINES = ("mobilenet_np", "torch", "onnxruntime")
 PEAK_GFLOPS = 300.0            # this machine's float32 peak (2 cores), for the arithmetic bound
-PAUSE_SECONDS = 0.02           # between two timed runs: lets spinning thread pools go to sleep
+PAUSE_SECONDS = float(os.environ.get("BENCH_PAUSE", "0.002"))  # between two timed runs, see time_interleaved
 WARMUP_SIZE = 64               # memory children warm up on a (1, 3, 64, 64) image first
 
 
