@@ -9,20 +9,25 @@ given, `fast=False` is passed or `model.reference` is True.
 1. BatchNorm is folded into the convolution once per set of weights (`fold_batch_norm`):
        BN(conv(x, w) + b) = conv(x, w * scale) + (b * scale + shift)
    with scale = gamma / sqrt(var + eps) and shift = beta - mean * scale, read off ops.batch_norm.
-2. Activations are channels-last (N, H, W, C). A pointwise (1x1) convolution is then one matrix product
-   (N*H*W, C_in) @ (C_in, C_out), and a depthwise 3x3 convolution is 9 multiply-adds of whole rows of
-   contiguous channel vectors.
-3. Zero padding is never written out: each kernel tap multiplies only the input pixels that exist and
-   adds into only the output pixels they reach (`tap_ranges`); a padding zero would add nothing.
+2. Activations are channels-last (N, H, W, C). A pointwise (1x1) convolution is then one matrix
+   product (N*H*W, C_in) @ (C_in, C_out) (`MatMul`, `Pointwise`), and a depthwise convolution one
+   np.einsum over a strided view of its input: for each output value, the 9 products of the window
+   summed in one pass, with no temporary arrays (`DepthwiseBlock._windows`).
+3. An inverted residual block (expand -> depthwise -> project, + residual) runs as one step, a band
+   of output rows at a time (`DepthwiseBlock`): the expanded rows a band needs go to a small
+   per-thread line buffer that also holds the zero padding, the band is convolved and projected
+   straight into the output rows. The expanded and depthwise tensors are never stored whole, and a
+   band stays in cache from one layer to the next. (The stem's convolution gathers its patches
+   with the padding left implicit: `tap_ranges`, `Im2col`.)
 4. Every activation lives in a preallocated arena, reused from layer to layer and from call to call
-   (`allocate_slots`); ufuncs write in place with out=, nothing is copied.
-5. Work is cut into bands of rows small enough to stay in a core's cache, and the bands are shared out
-   to a thread pool (NumPy releases the GIL inside ufuncs and matrix products). A band of a 1x1 layer
-   is its matrix product followed at once by bias, activation and residual (the epilogue), while the
-   rows are still in cache. When threadpoolctl is installed, the fast path sets BLAS to one thread
-   (once, for the whole process) and the pool splits the matrix products; BLAS's own spinning worker
-   threads would otherwise fight the pool for the cores (`_single_threaded_blas`). Without
-   threadpoolctl, BLAS threads each product itself.
+   (`allocate_slots`); ufuncs write in place with out=, outputs are copied out at the end.
+5. Threads (`set_num_threads`, BLAS's set to match through threadpoolctl when installed): a small
+   network (POOL_MIN_NS) runs its matrix products on BLAS's threads and the rest on one thread; a
+   big one shares the bands of its big layers out to a thread pool (NumPy releases the GIL inside
+   ufuncs, einsum and matrix products), handed out from both ends so that a late thread just gets
+   fewer (`_run_bands`), BLAS then on one thread so that its spinning workers do not fight the pool
+   for the cores. Small layers stay on one thread: threads pay for every NumPy call they make
+   (PARALLEL_BAND_NS).
 
 The plan (`Plan`) is built from the model's own layer descriptions (ConvLayer fields,
 InvertedResidual.use_residual, the DeepLab head's layers), so it cannot drift from the readable path.
@@ -33,9 +38,11 @@ assign a new array (`model.params[key] = new_value`); the next call notices and 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -48,15 +55,16 @@ from .modeling_utils import (ACTIVATIONS, BaseModelOutputWithPoolingAndNoAttenti
 __all__ = ["fast_forward", "batch_norm_affine", "fold_batch_norm", "tap_ranges", "build_plan", "get_plan", "clear_cache",
            "set_num_threads", "get_num_threads"]
 
-# The depthwise part of a band (its output rows) and a band of a lone 1x1 layer (its matrix product's
-# output rows) are cut to about this many bytes, so that they and their inputs stay in a core's L2 cache.
+# On one thread, a band of a DepthwiseBlock (its depthwise output) or of a lone 1x1 layer (its matrix
+# product's output) is about this many bytes, so that it and its inputs stay in a core's L2 cache ...
 BAND_BYTES = 256 * 1024
 GEMM_BAND_BYTES = 256 * 1024
-# A band of a depthwise block has at least this many pixels, so that its matrix products are not too
-# small for BLAS to run efficiently (its depthwise part is then done in several cache-sized pieces).
+# ... but a DepthwiseBlock band has at least this many pixels, so that its matrix products are not
+# too small for BLAS to run efficiently.
 BAND_MIN_PIXELS = 256
-# Depthwise weights are repeated along the output width (one (W_out, C) block per tap) when that takes
-# at most this many bytes: ufuncs then run over whole contiguous rows instead of C-long pieces.
+# Stride-1 depthwise weights are repeated along the output row (one (W_out * C) vector per tap) when
+# that takes at most this many bytes: einsum then runs along (x, c) flattened, whole rows at a time,
+# instead of C values at a time (3x faster with C = 32; with large C the per-channel form is as fast).
 TILE_BYTES = 1024 * 1024
 # Threads pay for every NumPy call they make (the GIL changes hands, ~10 us under contention), so a
 # band shared out to threads should hold about this much work (ns, one thread), estimated with the
@@ -65,6 +73,12 @@ TILE_BYTES = 1024 * 1024
 PARALLEL_BAND_NS = 500_000
 GEMM_NS_PER_MAC = 0.02            # float32 multiply-accumulates in a matrix product (~100 GFLOP/s)
 DEPTHWISE_NS_PER_VALUE = 2.0      # one output value of a 3x3 depthwise layer (einsum, bias, activation)
+# A plan with less work than this (ns, one thread, estimated as above) can also run without the pool,
+# BLAS's threads sharing out each matrix product, which costs them less than the pool's threads pay
+# per NumPy call: MobileNetV1-224 15 ms that way, 16-20 ms on the pool (DeepLabV3-513: 230 ms, 153 ms) ...
+POOL_MIN_NS = 40_000_000
+# ... and then compares both ways now and then (PlanChoice).
+EXPLORE_EVERY = 25
 # Matrix products with fewer rows than this per thread are split by output columns instead.
 GEMM_MIN_ROWS = 64
 # Plans kept per model (one per input shape and dtype), least recently used dropped first.
@@ -81,7 +95,8 @@ def _available_cores() -> int:
 
 _num_threads = min(_available_cores(), 8)
 _executor: ThreadPoolExecutor | None = None
-_blas_single_threaded: bool | None = None     # see _single_threaded_blas
+_blas: list | None = None                       # see _blas_libraries
+_blas_threads: int | None = None                # the BLAS thread count last set, see _set_blas_threads
 
 
 def set_num_threads(n: int) -> None:
@@ -99,29 +114,26 @@ def get_num_threads() -> int:
     return _num_threads
 
 
-def _single_threaded_blas() -> bool:
-    """Set BLAS to one thread, for good, so that the pool's threads split the matrix products.
-
-    Returns whether BLAS now runs on one thread (False when threadpoolctl is not installed: then
-    each product is left whole to BLAS's own threads). Why not the other way round: BLAS worker
-    threads spin for a while after each product, and on a machine with few cores they then fight
-    the pool's threads (and anything else running) for the cores; switching BLAS threads down and
-    back up around every call wakes them too. Measured on 2 cores under load: 22 ms per MobileNetV2
-    inference with BLAS on one thread, 120-160 ms with BLAS on two.
-    """
-    global _blas_single_threaded
-    if _blas_single_threaded is None:
+def _blas_libraries() -> list:
+    """threadpoolctl's controllers of the BLAS libraries loaded (empty without threadpoolctl)."""
+    global _blas
+    if _blas is None:
         try:
             from threadpoolctl import ThreadpoolController
+            _blas = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
         except ImportError:
-            _blas_single_threaded = False
-            return False
-        blas = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
-        for lib in blas:
-            if lib.get_num_threads() != 1:
-                lib.set_num_threads(1)
-        _blas_single_threaded = bool(blas)
-    return _blas_single_threaded
+            _blas = []
+    return _blas
+
+
+def _set_blas_threads(n: int) -> None:
+    """Give BLAS `n` threads (when threadpoolctl can), changing it only when it differs from the last
+    setting: raising it wakes BLAS's worker threads, which then spin for a while."""
+    global _blas_threads
+    if _blas_threads != n:
+        for lib in _blas_libraries():
+            lib.set_num_threads(n)
+        _blas_threads = n
 
 
 class _Fronts:
@@ -213,16 +225,16 @@ def _bands(start: int, stop: int, rows_per_band: int) -> list[tuple[int, int]]:
     return [(r, min(r + rows_per_band, stop)) for r in range(start, stop, rows_per_band)]
 
 
-def _parallel_rows(rows: int, row_ns: float, rows_per_band: int) -> tuple[int, int]:
+def _parallel_rows(rows: int, row_ns: float, rows_per_band: int, threads: int) -> tuple[int, int]:
     """(threads, rows per band) for `rows` rows of `row_ns` ns of work each (see PARALLEL_BAND_NS).
 
     One thread keeps the cache-sized `rows_per_band`; several get bands of PARALLEL_BAND_NS at least,
     but at least one band each.
     """
-    if _num_threads == 1 or rows < 2 or rows * row_ns < 2 * PARALLEL_BAND_NS:
+    if threads == 1 or rows < 2 or rows * row_ns < 2 * PARALLEL_BAND_NS:
         return 1, rows_per_band
     rows_per_band = max(rows_per_band, -int(-PARALLEL_BAND_NS // max(row_ns, 1e-9)))
-    return _num_threads, min(rows_per_band, -(-rows // _num_threads))
+    return threads, min(rows_per_band, -(-rows // threads))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -363,8 +375,9 @@ class Plan:
     makes one), so two threads can run the same model at the same time.
     """
 
-    def __init__(self, steps: list[Step], values: list[Value], dtype, finish: Callable):
-        self.steps, self.dtype, self.finish = steps, np.dtype(dtype), finish
+    def __init__(self, steps: list[Step], values: list[Value], dtype, finish: Callable, threads: int = 1):
+        self.steps, self.dtype, self.finish, self.threads = steps, np.dtype(dtype), finish, threads
+        self.estimated_ns = sum(getattr(step, "estimated_ns", 0) for step in steps)
         self.values = [v for v in values if v.storage != "input"]
         self.inputs = [v for v in values if v.storage == "input"]
         for i, step in enumerate(steps):
@@ -393,6 +406,7 @@ class Plan:
         pixels = pixel_values.astype(self.dtype, copy=False).transpose(0, 2, 3, 1)   # (N, H, W, C) view
         views.update({v: pixels for v in self.inputs})
         context = {"hidden_states": [] if output_hidden_states else None}
+        _set_blas_threads(1 if self.threads > 1 else _num_threads)
         try:
             for step in self.steps:
                 step.run(views, context)
@@ -448,7 +462,7 @@ class MatMul(Step):
     """
 
     def __init__(self, x: Value, out: Value, weight: np.ndarray, bias, activation: str | None,
-                 residual: Value | None = None, split_gemm: bool = True):
+                 residual: Value | None = None, threads: int = 1):
         self.x, self.out, self.weight, self.bias, self.residual = x, out, weight, bias, residual
         self.reads = (x,) + tuple(v for v in (residual, bias) if isinstance(v, Value))
         self.writes = (out,)
@@ -456,10 +470,8 @@ class MatMul(Step):
         n, h, w, c_out = out.shape
         pixels = h * w
         rows_per_band = max(1, GEMM_BAND_BYTES // (c_out * weight.itemsize))
-        if split_gemm:
-            self.threads, rows_per_band = _parallel_rows(n * pixels, weight.size * GEMM_NS_PER_MAC, rows_per_band)
-        else:
-            self.threads = 1
+        self.estimated_ns = n * pixels * weight.size * GEMM_NS_PER_MAC
+        self.threads, rows_per_band = _parallel_rows(n * pixels, weight.size * GEMM_NS_PER_MAC, rows_per_band, threads)
         self.bands = []          # (image, row slice, column slice) of the (N, H*W, C) views
         if n * pixels >= self.threads * GEMM_MIN_ROWS:
             r = 0
@@ -540,9 +552,10 @@ class DepthwiseBlock(Step):
     layer to the next, and the threads meet once per block.
     """
 
-    def __init__(self, layer: ConvLayer, x: Value, out: Value, weight: np.ndarray, bias: np.ndarray,
+    def __init__(self, layer: ConvLayer, x: Value, out: Value, weight: np.ndarray, bias: np.ndarray, flat: bool,
                  padding: tuple[int, int, int, int], expand: Pointwise | None = None,
-                 project: Pointwise | None = None, residual: bool = False):
+                 project: Pointwise | None = None, residual: bool = False, threads: int = 1):
+        """weight: (k, k, C), or with `flat` (k, k, W_out * C) (see PlanBuilder.depthwise_weights)."""
         self.x, self.out, self.bias, self.expand, self.project, self.residual = x, out, bias, expand, project, residual
         self.reads, self.writes = (x,), (out,)
         self.activation = _activation(layer.activation, weight.dtype)
@@ -552,17 +565,13 @@ class DepthwiseBlock(Step):
         self.k, self.s, self.d = layer.kernel_size, layer.stride, layer.dilation
         top, bottom, self.left, right = padding
         self.top, self.height, self.width, self.w_out = top, h, w, w_out
-        weight = np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0))          # (k, k, C)
-        self.flat = self.s == 1 and weight.size * w_out * weight.itemsize <= TILE_BYTES
-        if self.flat:   # (k, k, W_out * C): each tap's weights repeated along the output row
-            weight = np.ascontiguousarray(np.broadcast_to(weight[:, :, None, :], (self.k, self.k, w_out, c)))
-            weight = weight.reshape(self.k, self.k, w_out * c)
-        self.weight = weight
+        self.weight, self.flat = weight, flat
 
         rows_per_band = max(1, BAND_BYTES // (n * w_out * c * weight.itemsize), -(-BAND_MIN_PIXELS // (n * w_out)))
         macs = (x.shape[-1] * c * self.s ** 2 if expand is not None else 0) + (c * out.shape[-1] if project else 0)
         row_ns = n * w_out * (macs * GEMM_NS_PER_MAC + c * DEPTHWISE_NS_PER_VALUE * self.k ** 2 / 9)
-        self.threads, rows_per_band = _parallel_rows(h_out, row_ns, rows_per_band)
+        self.estimated_ns = h_out * row_ns
+        self.threads, rows_per_band = _parallel_rows(h_out, row_ns, rows_per_band, threads)
         self.bands = _bands(0, h_out, rows_per_band)
         needs = [self._padded_rows(y0, y1) for y0, y1 in self.bands]
         # Besides the rows of one band, the line buffer has room for twice the rows two bands share,
@@ -766,11 +775,41 @@ def _gemm_weight(weight: np.ndarray) -> np.ndarray:
 class PlanBuilder:
     """Turns layer descriptions into steps on symbolic Values (shapes only), in execution order."""
 
-    def __init__(self, params: dict[str, np.ndarray], dtype):
+    def __init__(self, params: dict[str, np.ndarray], dtype, threads: int = 1, shared: dict | None = None):
         self.params, self.dtype = params, np.dtype(dtype)
         self.steps: list[Step] = []
         self.values: list[Value] = []
-        self.split_gemm = _num_threads > 1 and _single_threaded_blas()    # else BLAS threads each product
+        self.threads = threads                      # the pool's threads (1: no pool, BLAS threads the products)
+        self.shared = {} if shared is None else shared  # prepared weights, shared by the plans of a PlanChoice
+
+    def _shared(self, key, make: Callable):
+        if key not in self.shared:
+            self.shared[key] = make()
+        return self.shared[key]
+
+    def folded(self, layer: ConvLayer) -> tuple[np.ndarray, np.ndarray]:
+        """fold_batch_norm of the layer: weight (C_out, C_in/groups, k, k), bias (C_out,)."""
+        return self._shared(("folded", layer.name), lambda: fold_batch_norm(layer, self.params, self.dtype))
+
+    def gemm_weights(self, layer: ConvLayer) -> tuple[np.ndarray, np.ndarray]:
+        """A 1x1 layer's (C_in, C_out) weight matrix and bias."""
+        weight, bias = self.folded(layer)
+        return self._shared(("gemm", layer.name), lambda: _gemm_weight(weight)), bias
+
+    def depthwise_weights(self, layer: ConvLayer, w_out: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """A depthwise layer's (weights, bias, flat) as DepthwiseBlock uses them: weights (k, k, C), or,
+        `flat` (stride 1, small enough: TILE_BYTES), (k, k, W_out * C), each tap's repeated along the row."""
+        weight, bias = self.folded(layer)
+        k, c = layer.kernel_size, layer.in_channels
+        flat = layer.stride == 1 and k * k * c * w_out * self.dtype.itemsize <= TILE_BYTES
+
+        def prepare():
+            taps = np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0))           # (k, k, C)
+            if flat:
+                taps = np.ascontiguousarray(np.broadcast_to(taps[:, :, None, :], (k, k, w_out, c)))
+                taps = taps.reshape(k, k, w_out * c)
+            return taps
+        return self._shared(("depthwise", layer.name, w_out, flat), prepare), bias, flat
 
     def value(self, shape, storage: str = "channels_last") -> Value:
         v = Value(tuple(int(s) for s in shape), storage)
@@ -798,16 +837,17 @@ class PlanBuilder:
             return self.depthwise_block(layer, x)
         h_out, w_out = layer.output_size(h, w)
         out = self.value((n, h_out, w_out, layer.out_channels))
-        weight, bias = fold_batch_norm(layer, self.params, self.dtype)
         if layer.kind == "pointwise" and layer.stride == 1:
-            self.add(MatMul(x, out, _gemm_weight(weight), bias, layer.activation, residual, self.split_gemm))
+            self.add(MatMul(x, out, *self.gemm_weights(layer), layer.activation, residual, self.threads))
         elif layer.groups == 1 and residual is None:
             k = layer.kernel_size
             cols = self.value((n, h_out, w_out, k * k * c), storage="planar")
             self.add(Im2col(layer, x, cols, layer.padding(h, w)))
+            weight, bias = self.folded(layer)
             # rows of the weight matrix in the order of cols' columns: (i, j, c)
-            weight = weight.transpose(2, 3, 1, 0).reshape(k * k * c, layer.out_channels)
-            self.add(MatMul(cols, out, np.ascontiguousarray(weight), bias, layer.activation, None, self.split_gemm))
+            matrix = self._shared(("im2col", layer.name), lambda: np.ascontiguousarray(
+                weight.transpose(2, 3, 1, 0).reshape(k * k * c, layer.out_channels)))
+            self.add(MatMul(cols, out, matrix, bias, layer.activation, None, self.threads))
         else:
             raise ValueError(f"fast path: {layer.name} ({layer.kind}, groups={layer.groups}"
                              f"{', + residual' if residual else ''}) is not supported")
@@ -816,8 +856,7 @@ class PlanBuilder:
     def pointwise(self, layer: ConvLayer | None) -> Pointwise | None:
         if layer is None:
             return None
-        weight, bias = fold_batch_norm(layer, self.params, self.dtype)
-        return Pointwise(_gemm_weight(weight), bias, _activation(layer.activation, self.dtype))
+        return Pointwise(*self.gemm_weights(layer), _activation(layer.activation, self.dtype))
 
     def depthwise_block(self, depthwise: ConvLayer, x: Value, expand: ConvLayer | None = None,
                         project: ConvLayer | None = None, residual: bool = False) -> Value:
@@ -842,9 +881,8 @@ class PlanBuilder:
         out = self.value((n, h_out, w_out, (project or depthwise).out_channels))
         if residual and out.shape != x.shape:
             raise ValueError(f"fast path: residual of shape {x.shape} cannot be added to {out.shape}")
-        weight, bias = fold_batch_norm(depthwise, self.params, self.dtype)
-        self.add(DepthwiseBlock(depthwise, x, out, weight, bias, depthwise.padding(h, w),
-                                self.pointwise(expand), self.pointwise(project), residual))
+        self.add(DepthwiseBlock(depthwise, x, out, *self.depthwise_weights(depthwise, w_out), depthwise.padding(h, w),
+                                self.pointwise(expand), self.pointwise(project), residual, self.threads))
         return out
 
     def global_avg_pool(self, x: Value) -> Value:
@@ -886,16 +924,14 @@ def _deeplab_head(b: PlanBuilder, model, features: Value) -> Value:
     conv_pool, projection = model.conv_pool, model.conv_projection
     pooled = b.global_avg_pool(features)                                         # (N, 1, 1, C)
     aspp = b.conv(model.conv_aspp, features)                                     # (N, h, w, 256)
-    pool_weight, pool_bias = fold_batch_norm(conv_pool, b.params, b.dtype)
-    projection_weight, projection_bias = fold_batch_norm(projection, b.params, b.dtype)
-    projection_weight = _gemm_weight(projection_weight)                          # (512, 256)
+    projection_weight, projection_bias = b.gemm_weights(projection)              # (512, 256)
     branch_channels = conv_pool.out_channels                                     # concat order: [branch, aspp]
     image_bias = b.value((n, 1, 1, projection.out_channels))
-    b.add(PooledProjectionBias(pooled, image_bias, _gemm_weight(pool_weight), pool_bias, conv_pool.activation,
+    b.add(PooledProjectionBias(pooled, image_bias, *b.gemm_weights(conv_pool), conv_pool.activation,
                                projection_weight[:branch_channels], projection_bias))
     x = b.value((n, h, w, projection.out_channels))
-    b.add(MatMul(aspp, x, np.ascontiguousarray(projection_weight[branch_channels:]), image_bias,
-                 projection.activation, None, b.split_gemm))                     # (N, h, w, 256)
+    b.add(MatMul(aspp, x, projection_weight[branch_channels:], image_bias,
+                 projection.activation, None, b.threads))                     # (N, h, w, 256)
     return b.conv(model.classifier, x)                                           # (N, h, w, num_labels)
 
 
@@ -907,17 +943,66 @@ def _nchw(array: np.ndarray) -> np.ndarray:
     return array.transpose(0, 3, 1, 2).copy()
 
 
-def build_plan(model, input_shape: tuple[int, ...], dtype, hidden_states: bool = False) -> Plan:
+def build_plan(model, input_shape: tuple[int, ...], dtype, hidden_states: bool = False):
     """The fast plan of `model` for pixel values of shape (N, C, H, W) computed in `dtype`.
 
     `hidden_states`: whether the plan keeps every hidden state (MobileNetV1's depthwise outputs
     are then stored whole, not only band by band).
+
+    Which threads: a plan with POOL_MIN_NS of work or more (estimated, one thread) shares the
+    bands of its big layers out to the pool, BLAS on one thread. A smaller one can also run its
+    matrix products on BLAS's threads and the rest on this thread, which is faster on an idle
+    machine and far slower on a busy one: it gets both plans, in a PlanChoice. Without threadpoolctl
+    (BLAS's threads cannot be set) only the latter exists.
     """
+    shared: dict = {}                                     # the weights both plans use, prepared once
+    if not _blas_libraries() or _num_threads == 1:
+        return _build_plan(model, input_shape, dtype, hidden_states, 1, shared)
+    plan = _build_plan(model, input_shape, dtype, hidden_states, _num_threads, shared)
+    if plan.estimated_ns >= POOL_MIN_NS:
+        return plan
+    return PlanChoice([plan, _build_plan(model, input_shape, dtype, hidden_states, 1, shared)])
+
+
+class PlanChoice:
+    """Two plans for the same calls (pool, BLAS threads), running the one that has been faster lately.
+
+    On an idle 2-core machine, MobileNetV1-224 took 15 ms with BLAS's threads and 16-20 ms on the
+    pool; with one other busy process, 165 ms (BLAS's threads spin, waiting for each other) and
+    about 20 ms. Each plan runs twice first (the first run of an arena is slow: its memory is new),
+    then the one with the lower median of its last 3 runs, and the other every EXPLORE_EVERY calls,
+    in case the machine's load has changed.
+    """
+
+    def __init__(self, plans: list[Plan]):
+        self.plans, self.calls = plans, 0
+        self.runs = [0] * len(plans)
+        self.times = [collections.deque(maxlen=3) for _ in plans]
+
+    def _pick(self) -> int:
+        new = [i for i, runs in enumerate(self.runs) if runs < 2]
+        if new:
+            return new[0]
+        ranked = sorted(range(len(self.plans)), key=lambda i: float(np.median(self.times[i])))
+        return ranked[1] if self.calls % EXPLORE_EVERY == 0 else ranked[0]
+
+    def run(self, pixel_values: np.ndarray, output_hidden_states: bool):
+        self.calls += 1
+        i = self._pick()
+        start = time.perf_counter()
+        result = self.plans[i].run(pixel_values, output_hidden_states)
+        if self.runs[i] > 0:                                 # not the arena's first run
+            self.times[i].append(time.perf_counter() - start)
+        self.runs[i] += 1
+        return result
+
+
+def _build_plan(model, input_shape, dtype, hidden_states: bool, threads: int, shared: dict) -> Plan:
     from .deeplabv3 import MobileNetV2ForSemanticSegmentation
     from .mobilenet_v1 import MobileNetV1ForImageClassification, MobileNetV1Model
     from .mobilenet_v2 import MobileNetV2ForImageClassification, MobileNetV2Model
 
-    b = PlanBuilder(model.params, dtype)
+    b = PlanBuilder(model.params, dtype, threads, shared)
     x = b.input(input_shape)
 
     def hidden(context):
@@ -960,14 +1045,14 @@ def build_plan(model, input_shape: tuple[int, ...], dtype, hidden_states: bool =
             return ImageClassifierOutputWithNoAttention(logits=logits, hidden_states=hidden(context))
     else:
         raise TypeError(f"fast path: no plan for {type(model).__name__}")
-    return Plan(b.steps, b.values, dtype, finish)
+    return Plan(b.steps, b.values, dtype, finish, threads)
 
 
 # --------------------------------------------------------------------------------------------------
 # entry point and cache
 # --------------------------------------------------------------------------------------------------
 
-def get_plan(model, input_shape: tuple[int, ...], dtype, hidden_states: bool = False) -> Plan:
+def get_plan(model, input_shape: tuple[int, ...], dtype, hidden_states: bool = False) -> Plan | PlanChoice:
     """The cached plan for this model, input shape, dtype and hidden states choice (built on first use).
 
     The cache key holds the identity of every weight array, so assigning a new array to

@@ -56,10 +56,11 @@ def assert_outputs_close(ours, reference, rtol: float, what: str) -> None:
 def tiny_bands(rows: int = 1, threads: int = 3):
     """Cut even tiny layers into bands of `rows` rows on `threads` threads, so every splitting path runs."""
     saved = {name: getattr(fast, name) for name in ("BAND_BYTES", "BAND_MIN_PIXELS", "GEMM_BAND_BYTES",
-                                                     "PARALLEL_BAND_NS")}
+                                                     "PARALLEL_BAND_NS", "POOL_MIN_NS")}
     saved_threads = fast.get_num_threads()
     fast.BAND_BYTES, fast.BAND_MIN_PIXELS = 1, 1                  # rows_per_band = 1 ...
     fast.GEMM_BAND_BYTES, fast.PARALLEL_BAND_NS = 64, 0           # ... a few pixels per GEMM band, all threaded
+    fast.POOL_MIN_NS = 0                                           # ... on the pool, whatever the network
     fast.BAND_MIN_PIXELS = rows                                    # ... or `rows` rows of a 1-pixel-wide image
     fast.set_num_threads(threads)
     try:
@@ -141,10 +142,10 @@ layer_geometries = st.fixed_dictionaries({
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(geometry=layer_geometries, batch=st.integers(1, 3), channels=st.integers(1, 12), height=st.integers(1, 11),
-       width=st.integers(1, 11), float64=st.booleans(), split_gemm=st.booleans(), tile=st.booleans(),
+       width=st.integers(1, 11), float64=st.booleans(), pool=st.booleans(), tile=st.booleans(),
        seed=st.integers(0, 2**16))
 def test_each_kernel_equals_the_readable_conv_layer(small_bands, monkeypatch, geometry, batch, channels, height,
-                                                    width, float64, split_gemm, tile, seed):
+                                                    width, float64, pool, tile, seed):
     """One ConvLayer through PlanBuilder.conv (Depthwise, MatMul or Im2col + MatMul) vs ConvLayer.__call__."""
     g = dict(geometry)
     depthwise = g.pop("depthwise")
@@ -158,8 +159,7 @@ def test_each_kernel_equals_the_readable_conv_layer(small_bands, monkeypatch, ge
     params = {k: v.astype(dtype) for k, v in random_parameters(layer.parameter_shapes(), seed).items()}
     x = np.random.default_rng(seed).standard_normal((batch, channels, height, width)).astype(dtype)
 
-    builder = fast.PlanBuilder(params, dtype)
-    builder.split_gemm = split_gemm
+    builder = fast.PlanBuilder(params, dtype, threads=fast.get_num_threads() if pool else 1)
     out = builder.conv(layer, builder.input(x.shape))
     plan = fast.Plan(builder.steps, builder.values, dtype, lambda views, context: fast._nchw(views[out]))
     ours = plan.run(x, output_hidden_states=False)
@@ -202,7 +202,7 @@ def test_depthwise_block_equals_its_layers_one_after_the_other(monkeypatch, kern
     if meeting is not None:
         monkeypatch.setattr(fast, "_run_bands", walks_meeting_at(meeting))
     with tiny_bands(rows, threads):
-        builder = fast.PlanBuilder(params, dtype)
+        builder = fast.PlanBuilder(params, dtype, threads)
         out = builder.depthwise_block(depthwise, builder.input(x.shape), expand, project, residual)
         assert [type(step) for step in builder.steps] == [fast.DepthwiseBlock]
         plan = fast.Plan(builder.steps, builder.values, dtype, lambda views, context: fast._nchw(views[out]))
@@ -332,13 +332,35 @@ def test_thread_counts_and_blas_modes_give_the_same_result(monkeypatch):
         for n in (1, 2, 3):
             fast.set_num_threads(n)
             assert relative_error(model(x).logits, reference) <= FLOAT32_RTOL, n
-        monkeypatch.setattr(fast, "_blas_single_threaded", False)     # as without threadpoolctl
+        monkeypatch.setattr(fast, "_blas_threads", fast._blas_threads)
+        monkeypatch.setattr(fast, "_blas", [])                        # as without threadpoolctl
         fast.clear_cache(model)
         assert relative_error(model(x).logits, reference) <= FLOAT32_RTOL
     finally:
         fast.set_num_threads(threads)
     with pytest.raises(ValueError, match="int >= 1"):
         fast.set_num_threads(0)
+
+
+def test_small_networks_try_both_thread_plans_and_both_agree(monkeypatch):
+    """A small network has a pool plan and a BLAS-threads plan (PlanChoice); each call runs one."""
+    monkeypatch.setattr(fast, "EXPLORE_EVERY", 3)
+    threads = fast.get_num_threads()
+    fast.set_num_threads(2)
+    try:
+        model = small_model()
+        reference = model(pixels(), fast=False).logits
+        for _ in range(8):
+            assert relative_error(model(pixels()).logits, reference) <= FLOAT32_RTOL
+        choice = fast.get_plan(model, pixels().shape, np.float32)
+        if not fast._blas_libraries():
+            pytest.skip("threadpoolctl is not installed: there is one plan only")
+        assert isinstance(choice, fast.PlanChoice) and [plan.threads for plan in choice.plans] == [2, 1]
+        assert min(choice.runs) >= 2 and sum(choice.runs) == 8
+        for plan in choice.plans:
+            assert relative_error(plan.run(pixels(), False).logits, reference) <= FLOAT32_RTOL
+    finally:
+        fast.set_num_threads(threads)
 
 
 def test_concurrent_calls_on_one_model_each_get_their_own_arena():
