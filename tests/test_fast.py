@@ -5,8 +5,8 @@ channels-last, bands on threads), so results agree up to float rounding. Errors 
 test_networks.py, relative to the scale of the reference tensor: max |fast - reference| / max |reference|.
 
 Tolerances:
-  * float32: 1e-4 (measured up to ~2e-5 against transformers and against the readable path);
-  * float64: 1e-10 (measured ~1e-14): the folded weights are computed in float64 and rounded once.
+  * float32: 1e-4 (measured up to ~1.5e-5 against transformers and against the readable path);
+  * float64: 1e-10 (measured up to ~2e-14): the folded weights are computed in float64 and rounded once.
 
 The kernels are checked one layer at a time over every geometry a ConvLayer can have (kernel,
 stride, dilation, both paddings, sizes down to 1 pixel), with the band and thread settings shrunk so
@@ -231,7 +231,7 @@ def network_cases(draw):
     return architecture, config, shape, draw(st.sampled_from([np.float32, np.float64]))
 
 
-@settings(max_examples=20)
+@settings(max_examples=60)
 @given(case=network_cases(), small_bands=st.booleans(), seed=st.integers(0, 2**16))
 def test_fast_path_equals_readable_path_and_transformers(case, small_bands, seed):
     """The default call (the fast path), with its usual bands or with bands of one row on 3 threads."""
