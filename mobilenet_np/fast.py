@@ -21,13 +21,13 @@ given, `fast=False` is passed or `model.reference` is True.
    with the padding left implicit: `tap_ranges`, `Im2col`.)
 4. Every activation lives in a preallocated arena, reused from layer to layer and from call to call
    (`allocate_slots`); ufuncs write in place with out=, outputs are copied out at the end.
-5. Threads (`set_num_threads`, BLAS's set to match through threadpoolctl when installed): a small
-   network (POOL_MIN_NS) runs its matrix products on BLAS's threads and the rest on one thread; a
-   big one shares the bands of its big layers out to a thread pool (NumPy releases the GIL inside
-   ufuncs, einsum and matrix products), handed out from both ends so that a late thread just gets
-   fewer (`_run_bands`), BLAS then on one thread so that its spinning workers do not fight the pool
-   for the cores. Small layers stay on one thread: threads pay for every NumPy call they make
-   (PARALLEL_BAND_NS).
+5. Threads (`set_num_threads`): big layers share their bands out to a thread pool (NumPy releases
+   the GIL inside ufuncs, einsum and matrix products), handed out from both ends so that a late
+   thread just gets fewer (`_run_bands`); small layers stay on one thread, as threads pay for every
+   NumPy call they make (PARALLEL_BAND_NS). When threadpoolctl is installed, BLAS is set to one
+   thread (`_set_blas_threads`): BLAS worker threads spin for about 100 ms after each product and
+   would fight the pool (and anything else) for the cores. Without threadpoolctl there is no pool
+   and BLAS threads each product itself.
 
 The plan (`Plan`) is built from the model's own layer descriptions (ConvLayer fields,
 InvertedResidual.use_residual, the DeepLab head's layers), so it cannot drift from the readable path.
@@ -38,11 +38,9 @@ assign a new array (`model.params[key] = new_value`); the next call notices and 
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -73,12 +71,7 @@ TILE_BYTES = 1024 * 1024
 PARALLEL_BAND_NS = 500_000
 GEMM_NS_PER_MAC = 0.02            # float32 multiply-accumulates in a matrix product (~100 GFLOP/s)
 DEPTHWISE_NS_PER_VALUE = 2.0      # one output value of a 3x3 depthwise layer (einsum, bias, activation)
-# A plan with less work than this (ns, one thread, estimated as above) can also run without the pool,
-# BLAS's threads sharing out each matrix product, which costs them less than the pool's threads pay
-# per NumPy call: MobileNetV1-224 15 ms that way, 16-20 ms on the pool (DeepLabV3-513: 230 ms, 153 ms) ...
-POOL_MIN_NS = 40_000_000
-# ... and then compares both ways now and then (PlanChoice).
-EXPLORE_EVERY = 25
+LINE_BUFFER_NS_PER_VALUE = 0.5    # one value put into a DepthwiseBlock's line buffer (copy or activation)
 # Matrix products with fewer rows than this per thread are split by output columns instead.
 GEMM_MIN_ROWS = 64
 # Plans kept per model (one per input shape and dtype), least recently used dropped first.
@@ -510,12 +503,22 @@ class Pointwise:
     bias: np.ndarray
     activation: Callable[[np.ndarray, np.ndarray], None]
 
-    def linear(self, x: np.ndarray, out: np.ndarray) -> None:
-        """out = x @ weight + bias: x (N, rows, W, C_in) -> out (N, rows, W, C_out), out contiguous per image."""
+    def linear(self, x: np.ndarray, out: np.ndarray, threads: int = 1) -> None:
+        """out = x @ weight + bias: x (N, rows, W, C_in) -> out (N, rows, W, C_out), out contiguous per image.
+
+        With threads > 1, the threads compute a share of the output columns each.
+        """
         n, c_out = x.shape[0], out.shape[-1]
+        x = x.reshape(n, -1, x.shape[-1])                                        # (N, rows*W, C_in)
         y = out.reshape(n, -1, c_out)                                            # (N, rows*W, C_out)
-        np.matmul(x.reshape(n, -1, x.shape[-1]), self.weight, out=y)
-        np.add(y, self.bias, out=y)
+        parts = _split(c_out, threads)
+
+        def columns(t, part, downward):
+            cols = slice(*parts[part])
+            np.matmul(x, self.weight[:, cols], out=y[..., cols])
+            np.add(y[..., cols], self.bias[cols], out=y[..., cols])
+
+        _run_bands(columns, len(parts), threads)
 
 
 @dataclasses.dataclass
@@ -569,9 +572,17 @@ class DepthwiseBlock(Step):
 
         rows_per_band = max(1, BAND_BYTES // (n * w_out * c * weight.itemsize), -(-BAND_MIN_PIXELS // (n * w_out)))
         macs = (x.shape[-1] * c * self.s ** 2 if expand is not None else 0) + (c * out.shape[-1] if project else 0)
-        row_ns = n * w_out * (macs * GEMM_NS_PER_MAC + c * DEPTHWISE_NS_PER_VALUE * self.k ** 2 / 9)
+        row_ns = n * w_out * (macs * GEMM_NS_PER_MAC + c * DEPTHWISE_NS_PER_VALUE * self.k ** 2 / 9
+                              + c * self.s ** 2 * LINE_BUFFER_NS_PER_VALUE)
         self.estimated_ns = h_out * row_ns
-        self.threads, rows_per_band = _parallel_rows(h_out, row_ns, rows_per_band, threads)
+        pixels = n * h_out * w_out
+        if threads > 1 and pixels < threads * GEMM_MIN_ROWS and pixels * macs * GEMM_NS_PER_MAC >= PARALLEL_BAND_NS:
+            # Few pixels (the last layers): row bands would make the matrix products too thin to
+            # share. One band instead, whose products' output columns the threads share (one call each).
+            self.threads, self.gemm_threads, rows_per_band = 1, threads, h_out
+        else:
+            self.gemm_threads = 1
+            self.threads, rows_per_band = _parallel_rows(h_out, row_ns, rows_per_band, threads)
         self.bands = _bands(0, h_out, rows_per_band)
         needs = [self._padded_rows(y0, y1) for y0, y1 in self.bands]
         # Besides the rows of one band, the line buffer has room for twice the rows two bands share,
@@ -674,7 +685,7 @@ class DepthwiseBlock(Step):
                     np.copyto(interior, x[:, x_rows])
                 else:
                     linear = expanded[:, : rows.stop - rows.start]
-                    self.expand.linear(x[:, x_rows], linear)
+                    self.expand.linear(x[:, x_rows], linear, self.gemm_threads)
                     self.expand.activation(linear, interior)
             depthwise = band_out[:, : y1 - y0] if self.project is not None else out[:, y0:y1]
             target = depthwise.reshape(depthwise.shape[0], y1 - y0, -1) if self.flat else depthwise
@@ -683,7 +694,7 @@ class DepthwiseBlock(Step):
             self.activation(depthwise, depthwise)
             if self.project is not None:
                 y = out[:, y0:y1]
-                self.project.linear(depthwise, y)
+                self.project.linear(depthwise, y, self.gemm_threads)
                 self.project.activation(y, y)
                 if self.residual:
                     np.add(y, x[:, y0:y1], out=y)
@@ -773,12 +784,12 @@ def _gemm_weight(weight: np.ndarray) -> np.ndarray:
 class PlanBuilder:
     """Turns layer descriptions into steps on symbolic Values (shapes only), in execution order."""
 
-    def __init__(self, params: dict[str, np.ndarray], dtype, threads: int = 1, shared: dict | None = None):
+    def __init__(self, params: dict[str, np.ndarray], dtype, threads: int = 1):
         self.params, self.dtype = params, np.dtype(dtype)
         self.steps: list[Step] = []
         self.values: list[Value] = []
         self.threads = threads                      # the pool's threads (1: no pool, BLAS threads the products)
-        self.shared = {} if shared is None else shared  # prepared weights, shared by the plans of a PlanChoice
+        self.shared: dict = {}                      # prepared weights, by layer (a layer may be used twice)
 
     def _shared(self, key, make: Callable):
         if key not in self.shared:
@@ -941,66 +952,24 @@ def _nchw(array: np.ndarray) -> np.ndarray:
     return array.transpose(0, 3, 1, 2).copy()
 
 
-def build_plan(model, input_shape: tuple[int, ...], dtype, hidden_states: bool = False):
+def build_plan(model, input_shape: tuple[int, ...], dtype, hidden_states: bool = False) -> Plan:
     """The fast plan of `model` for pixel values of shape (N, C, H, W) computed in `dtype`.
 
     `hidden_states`: whether the plan keeps every hidden state (MobileNetV1's depthwise outputs
-    are then stored whole, not only band by band).
-
-    Which threads: a plan with POOL_MIN_NS of work or more (estimated, one thread) shares the
-    bands of its big layers out to the pool, BLAS on one thread. A smaller one can also run its
-    matrix products on BLAS's threads and the rest on this thread, which is faster on an idle
-    machine and far slower on a busy one: it gets both plans, in a PlanChoice. Without threadpoolctl
-    (BLAS's threads cannot be set) only the latter exists.
+    are then stored whole, not only band by band). The big layers' bands go to the pool, BLAS on
+    one thread; without threadpoolctl (BLAS's threads cannot be set) there is no pool and BLAS
+    threads each matrix product itself.
     """
-    shared: dict = {}                                     # the weights both plans use, prepared once
-    if not _blas_libraries() or _num_threads == 1:
-        return _build_plan(model, input_shape, dtype, hidden_states, 1, shared)
-    plan = _build_plan(model, input_shape, dtype, hidden_states, _num_threads, shared)
-    if plan.estimated_ns >= POOL_MIN_NS:
-        return plan
-    return PlanChoice([plan, _build_plan(model, input_shape, dtype, hidden_states, 1, shared)])
+    threads = _num_threads if _blas_libraries() else 1
+    return _build_plan(model, input_shape, dtype, hidden_states, threads)
 
 
-class PlanChoice:
-    """Two plans for the same calls (pool, BLAS threads), running the one that has been faster lately.
-
-    On an idle 2-core machine, MobileNetV1-224 took 15 ms with BLAS's threads and 16-20 ms on the
-    pool; with one other busy process, 165 ms (BLAS's threads spin, waiting for each other) and
-    about 20 ms. Each plan runs twice first (the first run of an arena is slow: its memory is new),
-    then the one with the lower median of its last 3 runs, and the other every EXPLORE_EVERY calls,
-    in case the machine's load has changed.
-    """
-
-    def __init__(self, plans: list[Plan]):
-        self.plans, self.calls = plans, 0
-        self.runs = [0] * len(plans)
-        self.times = [collections.deque(maxlen=3) for _ in plans]
-
-    def _pick(self) -> int:
-        new = [i for i, runs in enumerate(self.runs) if runs < 2]
-        if new:
-            return new[0]
-        ranked = sorted(range(len(self.plans)), key=lambda i: float(np.median(self.times[i])))
-        return ranked[1] if self.calls % EXPLORE_EVERY == 0 else ranked[0]
-
-    def run(self, pixel_values: np.ndarray, output_hidden_states: bool):
-        self.calls += 1
-        i = self._pick()
-        start = time.perf_counter()
-        result = self.plans[i].run(pixel_values, output_hidden_states)
-        if self.runs[i] > 0:                                 # not the arena's first run
-            self.times[i].append(time.perf_counter() - start)
-        self.runs[i] += 1
-        return result
-
-
-def _build_plan(model, input_shape, dtype, hidden_states: bool, threads: int, shared: dict) -> Plan:
+def _build_plan(model, input_shape, dtype, hidden_states: bool, threads: int) -> Plan:
     from .deeplabv3 import MobileNetV2ForSemanticSegmentation
     from .mobilenet_v1 import MobileNetV1ForImageClassification, MobileNetV1Model
     from .mobilenet_v2 import MobileNetV2ForImageClassification, MobileNetV2Model
 
-    b = PlanBuilder(model.params, dtype, threads, shared)
+    b = PlanBuilder(model.params, dtype, threads)
     x = b.input(input_shape)
 
     def hidden(context):
@@ -1050,7 +1019,7 @@ def _build_plan(model, input_shape, dtype, hidden_states: bool, threads: int, sh
 # entry point and cache
 # --------------------------------------------------------------------------------------------------
 
-def get_plan(model, input_shape: tuple[int, ...], dtype, hidden_states: bool = False) -> Plan | PlanChoice:
+def get_plan(model, input_shape: tuple[int, ...], dtype, hidden_states: bool = False) -> Plan:
     """The cached plan for this model, input shape, dtype and hidden states choice (built on first use).
 
     The cache key holds the identity of every weight array, so assigning a new array to

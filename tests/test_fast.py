@@ -56,11 +56,10 @@ def assert_outputs_close(ours, reference, rtol: float, what: str) -> None:
 def tiny_bands(rows: int = 1, threads: int = 3):
     """Cut even tiny layers into bands of `rows` rows on `threads` threads, so every splitting path runs."""
     saved = {name: getattr(fast, name) for name in ("BAND_BYTES", "BAND_MIN_PIXELS", "GEMM_BAND_BYTES",
-                                                     "PARALLEL_BAND_NS", "POOL_MIN_NS")}
+                                                     "PARALLEL_BAND_NS")}
     saved_threads = fast.get_num_threads()
     fast.BAND_BYTES, fast.BAND_MIN_PIXELS = 1, 1                  # rows_per_band = 1 ...
     fast.GEMM_BAND_BYTES, fast.PARALLEL_BAND_NS = 64, 0           # ... a few pixels per GEMM band, all threaded
-    fast.POOL_MIN_NS = 0                                           # ... on the pool, whatever the network
     fast.BAND_MIN_PIXELS = rows                                    # ... or `rows` rows of a 1-pixel-wide image
     fast.set_num_threads(threads)
     try:
@@ -340,27 +339,6 @@ def test_thread_counts_and_blas_modes_give_the_same_result(monkeypatch):
         fast.set_num_threads(threads)
     with pytest.raises(ValueError, match="int >= 1"):
         fast.set_num_threads(0)
-
-
-def test_small_networks_try_both_thread_plans_and_both_agree(monkeypatch):
-    """A small network has a pool plan and a BLAS-threads plan (PlanChoice); each call runs one."""
-    monkeypatch.setattr(fast, "EXPLORE_EVERY", 3)
-    threads = fast.get_num_threads()
-    fast.set_num_threads(2)
-    try:
-        model = small_model()
-        reference = model(pixels(), fast=False).logits
-        for _ in range(8):
-            assert relative_error(model(pixels()).logits, reference) <= FLOAT32_RTOL
-        choice = fast.get_plan(model, pixels().shape, np.float32)
-        if not fast._blas_libraries():
-            pytest.skip("threadpoolctl is not installed: there is one plan only")
-        assert isinstance(choice, fast.PlanChoice) and [plan.threads for plan in choice.plans] == [2, 1]
-        assert min(choice.runs) >= 2 and sum(choice.runs) == 8
-        for plan in choice.plans:
-            assert relative_error(plan.run(pixels(), False).logits, reference) <= FLOAT32_RTOL
-    finally:
-        fast.set_num_threads(threads)
 
 
 def test_concurrent_calls_on_one_model_each_get_their_own_arena():
