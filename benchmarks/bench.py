@@ -58,7 +58,7 @@ NETWORKS = {
 }
 ENGINES = ("mobilenet_np", "torch", "onnxruntime")
 PEAK_GFLOPS = 300.0            # this machine's float32 peak (2 cores), for the arithmetic bound
-PAUSE_SECONDS = float(os.environ.get("BENCH_PAUSE", "0.002"))  # between two timed runs, see time_interleaved
+PAUSE_SECONDS = float(os.environ.get("BENCH_PAUSE", "0.005"))  # before each timed run, see time_interleaved
 WARMUP_SIZE = 64               # memory children warm up on a (1, 3, 64, 64) image first
 
 
@@ -190,7 +190,8 @@ def machine_slug(info: dict) -> str:
 # --------------------------------------------------------------------------------------------------
 
 def time_interleaved(runners: dict, rounds: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Seconds per run of each engine, the engines interleaved and their order rotated every round."""
+    """Seconds per run of each engine, the engines interleaved and their order rotated every round,
+    each run after a PAUSE_SECONDS pause."""
     names = list(runners)
     for _ in range(warmup):
         for name in names:
@@ -331,7 +332,10 @@ def benchmark(args) -> dict:
                         error = float(np.abs(got - expected).max() / np.abs(expected).max())
                         assert error < 1e-3, f"{engine} disagrees with transformers on {network}: {error:.3g}"
                 runners = {e: engine_runner(e, models[e], x) for e in engines}
-                times = time_interleaved(runners, rounds_for(network, batch, args.quick))
+                rounds = rounds_for(network, batch, args.quick)
+                times = time_interleaved({e: r for e, r in runners.items() if e != "onnxruntime"}, rounds)
+                if "onnxruntime" in runners:
+                    times.update(time_interleaved({"onnxruntime": runners["onnxruntime"]}, rounds))
                 bound_ms = 2 * macs * batch / (PEAK_GFLOPS * 1e9) * 1e3
                 for engine in engines:
                     row = {"network": network, "batch": batch, "engine": engine, **quartiles(times[engine]),
