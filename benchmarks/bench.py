@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -300,11 +301,7 @@ def rounds_for(network: str, batch: int, quick: bool) -> int:
 def benchmark(args) -> dict:
     import torch
     set_threads(args.threads)
-    has_ort = True
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        has_ort = False
+    has_ort = importlib.util.find_spec("onnxruntime") is not None
     engines = [e for e in args.engines if e != "onnxruntime" or has_ort]
     info = machine_info()
     results = []
@@ -328,7 +325,8 @@ def benchmark(args) -> dict:
                     expected = reference(torch.from_numpy(x)).logits.numpy()
                 for engine in engines:
                     if engine != "torch":
-                        got = twin(x).logits if engine == "mobilenet_np" else models[engine].run(None, {"pixel_values": x})[0]
+                        got = (twin(x).logits if engine == "mobilenet_np"
+                               else models[engine].run(None, {"pixel_values": x})[0])
                         error = float(np.abs(got - expected).max() / np.abs(expected).max())
                         assert error < 1e-3, f"{engine} disagrees with transformers on {network}: {error:.3g}"
                 runners = {e: engine_runner(e, models[e], x) for e in engines}

@@ -50,8 +50,8 @@ from . import ops
 from .modeling_utils import (ACTIVATIONS, BaseModelOutputWithPoolingAndNoAttention, ConvLayer,
                              ImageClassifierOutputWithNoAttention, SemanticSegmenterOutput)
 
-__all__ = ["fast_forward", "batch_norm_affine", "fold_batch_norm", "tap_ranges", "build_plan", "get_plan", "clear_cache",
-           "set_num_threads", "get_num_threads"]
+__all__ = ["fast_forward", "batch_norm_affine", "fold_batch_norm", "tap_ranges", "build_plan", "get_plan",
+           "clear_cache", "set_num_threads", "get_num_threads"]
 
 # On one thread, a band of a DepthwiseBlock (its depthwise output) or of a lone 1x1 layer (its matrix
 # product's output) is about this many bytes, so that it and its inputs stay in a core's L2 cache ...
@@ -716,7 +716,8 @@ class Im2col(Step):
         n, h, w, c = x.shape
         _, h_out, w_out, _ = cols.shape
         k, s, d = layer.kernel_size, layer.stride, layer.dilation
-        self.taps = []                         # (first column of the tap, output rows, output cols, input rows, input cols)
+        # per tap: (its first column in cols, output rows, output cols, input rows, input cols)
+        self.taps = []
         for i, (r0, r1, in_r0) in enumerate(tap_ranges(h, h_out, k, s, d, padding[0])):
             for j, (c0, c1, in_c0) in enumerate(tap_ranges(w, w_out, k, s, d, padding[2])):
                 self.taps.append(((i * k + j) * c, (r0, r1), (c0, c1),
