@@ -20,7 +20,7 @@ from typing import Iterator
 
 from . import ops
 from .configuration_utils import PretrainedConfig, _check, _check_int, _is_number
-from .modeling_utils import (BaseModelOutputWithPoolingAndNoAttention, ConvLayer,
+from .modeling_utils import (BaseModelOutputWithPoolingAndNoAttention, ConvLayer, classifier_shapes, classify,
                              ImageClassifierOutputWithNoAttention, PreTrainedModel)
 
 
@@ -215,16 +215,10 @@ class MobileNetV2ForImageClassification(PreTrainedModel):
         return self.mobilenet_v2.conv_layers()
 
     def parameter_shapes(self):
-        shapes = self.mobilenet_v2.parameter_shapes()
-        if self.config.num_labels > 0:  # transformers uses nn.Identity when there are no labels
-            shapes["classifier.weight"] = (self.config.num_labels, self.mobilenet_v2.hidden_size)
-            shapes["classifier.bias"] = (self.config.num_labels,)
-        return shapes
+        head = classifier_shapes(self.config.num_labels, self.mobilenet_v2.hidden_size)
+        return {**self.mobilenet_v2.parameter_shapes(), **head}
 
     def forward(self, pixel_values, output_hidden_states, record):
         outputs = self.mobilenet_v2.forward(pixel_values, output_hidden_states, record)
-        logits = outputs.pooler_output                 # dropout: identity at inference
-        if self.config.num_labels > 0:
-            logits = ops.linear(logits, self.params["classifier.weight"], self.params["classifier.bias"])  # (N, num_labels)
-        record("classifier", logits)
+        logits = classify(outputs.pooler_output, self.params, self.config.num_labels, record)  # (N, num_labels)
         return ImageClassifierOutputWithNoAttention(logits=logits, hidden_states=outputs.hidden_states)

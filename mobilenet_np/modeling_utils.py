@@ -102,6 +102,22 @@ class ConvLayer:
         return x
 
 
+def classifier_shapes(num_labels: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
+    """The image-classification head's weights; transformers uses nn.Identity (no weights) for 0 labels."""
+    if num_labels == 0:
+        return {}
+    return {"classifier.weight": (num_labels, hidden_size), "classifier.bias": (num_labels,)}
+
+
+def classify(pooled: np.ndarray, params: dict[str, np.ndarray], num_labels: int, record: Recorder) -> np.ndarray:
+    """(N, hidden_size) pooled features -> (N, num_labels) logits. Dropout is the identity at inference."""
+    logits = pooled
+    if num_labels > 0:
+        logits = ops.linear(pooled, params["classifier.weight"], params["classifier.bias"])  # (N, num_labels)
+    record("classifier", logits)
+    return logits
+
+
 # --------------------------------------------------------------------------------------------------
 # outputs: the transformers output classes, with the same names and fields
 # --------------------------------------------------------------------------------------------------
