@@ -64,15 +64,9 @@ BAND_MIN_PIXELS = 256
 # that takes at most this many bytes: einsum then runs along (x, c) flattened, whole rows at a time,
 # instead of C values at a time (3x faster with C = 32; with large C the per-channel form is as fast).
 TILE_BYTES = 1024 * 1024
-# Threads pay for every NumPy call they make (the GIL changes hands, ~10 us under contention), so a
-# band shared out to threads should hold about this much work (ns, one thread), estimated with the
-# costs below (measured on a 2-core Xeon; they only set band sizes, never results): a band of 60 us
-# ran 0.66x as fast on 2 threads as on 1, 450 us 1.5x, 1.8 ms 1.84x. Smaller layers run on one thread.
-PARALLEL_BAND_NS = 500_000
-GEMM_NS_PER_MAC = 0.02            # float32 multiply-accumulates in a matrix product (~100 GFLOP/s)
-DEPTHWISE_NS_PER_VALUE = 2.0      # one output value of a 3x3 depthwise layer (einsum, bias, activation)
-LINE_BUFFER_NS_PER_VALUE = 0.5    # one value put into a DepthwiseBlock's line buffer (copy or activation)
-# Matrix products with fewer rows than this per thread are split by output columns instead.
+# A matrix product with fewer output pixels than this per walker is shared out by output columns
+# (each walker multiplies by a slice of the weights) rather than by rows: BLAS runs a (28, 1024) @
+# (1024, 1024) product at 84 GFLOP/s, (49, 1024) @ (1024, 512) at ~100, (196, 512) @ (512, 512) at 150.
 GEMM_MIN_ROWS = 64
 # Plans kept per model (one per input shape and dtype), least recently used dropped first.
 MAX_PLANS = 2
@@ -130,11 +124,11 @@ def _set_blas_threads(n: int) -> None:
 
 
 class _Fronts:
-    """Hands out the bands [start, stop) of one segment from both ends, to at most two threads.
+    """Hands out the bands [start, stop) of one segment from both ends, to at most two walkers.
 
-    One thread walks down from the first band, the other up from the last, until they meet: a thread
-    that starts late (its core busy with other work) just gets fewer bands, and each thread's bands
-    are consecutive, so a DepthwiseBlock's line buffer carries over from one band to the next.
+    One walker takes bands down from the first, the other up from the last, until they meet: a
+    walker that starts late (its core busy with other work) just gets fewer bands, and each walker's
+    bands are consecutive, so a DepthwiseBlock's line buffer carries over from one band to the next.
     """
 
     def __init__(self, start: int, stop: int):
@@ -152,59 +146,131 @@ class _Fronts:
             return self.next_up + 1
 
 
-class _Countdown:
-    """Counts finished bands; wait() returns when all are done (or re-raises a thread's error)."""
+class _Abort(Exception):
+    """Raised in a walker waiting for rows that another walker failed to compute."""
 
-    def __init__(self, count: int):
-        self.count, self.error = count, None
-        self.lock, self.done = threading.Lock(), threading.Event()
-        if count == 0:
-            self.done.set()
 
-    def finished(self, error: BaseException | None = None) -> None:
-        with self.lock:
-            self.count -= 1
-            self.error = self.error or error
-            if self.count == 0 or error is not None:
-                self.done.set()
+class _Call:
+    """One call of a plan on several threads ("walkers"): which bands are taken and which are done.
 
-    def wait(self) -> None:
-        self.done.wait()
+    Every walker runs through all the steps of the plan (`walk`). In each step, walker 2k takes the
+    bands of segment k from the top down and walker 2k + 1 from the bottom up (_Fronts). A band waits
+    only until the rows it reads are written (`needs`, `_rows_ready`): the top rows of the next step
+    need only the top rows of this one, so a walker goes on to the next step without waiting for the
+    other to finish this one, and the walkers meet only where their rows touch. (A barrier after every
+    step would cost a wake-up of a sleeping thread per step: 50-250 us on a virtual machine.)
+
+    One rule keeps the arena safe: a walker starts step i only when steps 0 .. i-2 are finished, and
+    allocate_slots keeps a value's slot until the step after its last reader (Plan(lag=1)).
+    Steps without bands (pooling, hidden states, im2col) run whole on walker 0, once what they read is done.
+    """
+
+    def __init__(self, plan: "Plan", views: dict, context: dict):
+        self.plan, self.views, self.context = plan, views, context
+        self.changed = threading.Condition()
+        steps = plan.steps
+        self.fronts = [[_Fronts(a, b) for a, b in step.segments] for step in steps]
+        self.down = [[a for a, _ in step.segments] for step in steps]   # per segment: bands [a, down) done
+        self.up = [[b for _, b in step.segments] for step in steps]     # ... and bands [up, b) done
+        self.left = [len(step.bands) if step.bands else 1 for step in steps]   # bands (or whole steps) not done
+        self.finished = 0                                                # steps [0, finished) are done
+        self.error: BaseException | None = None
+        self.walking = 0                                                 # walkers inside walk()
+
+    def _rows_ready(self, value: "Value", start: int, stop: int) -> bool:
+        """Whether rows [start, stop) of `value` are written (its step's bands from either end)."""
+        i = value.written
+        if i < self.finished or self.left[i] == 0:
+            return True
+        step = self.plan.steps[i]
+        if not step.bands or getattr(step, "columns", None):       # (column shares finish rows together)
+            return False
+        for k, (a, b) in enumerate(step.segments):
+            first, last = step.bands[a][0], step.bands[b - 1][1]          # the segment's rows
+            lo, hi = max(start, first), min(stop, last)
+            if lo >= hi:
+                continue
+            top = step.bands[self.down[i][k] - 1][1] if self.down[i][k] > a else first   # rows [first, top) done
+            bottom = step.bands[self.up[i][k]][0] if self.up[i][k] < b else last        # rows [bottom, last) done
+            if not (hi <= top or lo >= bottom or top >= bottom):
+                return False
+        return True
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        if ready():                              # (the usual case: no lock, no wait)
+            return
+        with self.changed:
+            while not ready():
+                if self.error is not None:
+                    raise _Abort
+                self.changed.wait()
+
+    def _done(self, i: int, segment: int | None = None, band: int | None = None, downward: bool = True) -> None:
+        with self.changed:
+            if segment is not None:
+                if downward:
+                    self.down[i][segment] = band + 1
+                else:
+                    self.up[i][segment] = band
+            self.left[i] -= 1
+            while self.finished < len(self.left) and self.left[self.finished] == 0:
+                self.finished += 1
+            self.changed.notify_all()
+
+    def steps_of(self, walker: int):
+        """Walker `walker`'s share of every step, as a generator that yields a condition (a function
+        returning True once the walker may go on) before each point where it may have to wait."""
+        segment, downward = walker // 2, walker % 2 == 0
+        for i, step in enumerate(self.plan.steps):
+            yield lambda: self.finished >= i - 1
+            if not step.bands:
+                if walker == 0:
+                    yield lambda: all(self.finished > v.written for v in step.reads)
+                    step.run(self.views, self.context)
+                    self._done(i)
+                continue
+            if segment >= len(step.segments):
+                continue
+            fronts = self.fronts[i][segment]
+            while (band := fronts.take(downward)) is not None:
+                for value, start, stop in step.needs(band):
+                    yield lambda: self._rows_ready(value, start, stop)
+                step.run_band(self.views, walker, band, downward)
+                self._done(i, segment, band, downward)
+
+    def walk(self, walker: int) -> None:
+        """Walker `walker`'s share of every step on this thread (walker 0 is the calling thread)."""
+        with self.changed:
+            self.walking += 1
+        try:
+            for condition in self.steps_of(walker):
+                if self.error is not None:
+                    return
+                self._wait(condition)
+        except BaseException as error:         # noqa: BLE001 -- handed to walker 0, which re-raises it
+            with self.changed:
+                self.error = self.error or error
+        finally:
+            with self.changed:
+                self.walking -= 1
+                self.changed.notify_all()
+
+    def run(self, walkers: int) -> None:
+        """Walker 0 here, walkers 1 .. walkers-1 on the pool; returns when every step is done."""
+        global _executor
+        if walkers > 1:
+            if _executor is None:
+                _executor = ThreadPoolExecutor(max_workers=_num_threads - 1, thread_name_prefix="mobilenet_np")
+            for walker in range(1, walkers):
+                _executor.submit(self.walk, walker)
+        self.walk(0)
+        with self.changed:
+            while self.finished < len(self.left) and self.error is None:
+                self.changed.wait()
+            while self.error is not None and self.walking > 0:    # the arena is free once they are out
+                self.changed.wait()
         if self.error is not None:
             raise self.error
-
-
-def _run_bands(do_band: Callable[[int, int, bool], None], bands: int, threads: int) -> None:
-    """do_band(thread, band, downward) for every band in range(bands), on up to `threads` threads.
-
-    The bands are cut into ceil(threads / 2) segments; in each, thread 2k walks down from the first
-    band and thread 2k + 1 up from the last (_Fronts). This thread is thread 0; the pool runs the
-    others, and a pool thread that has not started when all bands are done is simply cancelled.
-    """
-    global _executor
-    segments = [_Fronts(a, b) for a, b in _split(bands, -(-threads // 2))]
-    threads = min(threads, 2 * len(segments))
-    countdown = _Countdown(bands)
-
-    def worker(t: int) -> None:
-        fronts, downward = segments[t // 2], t % 2 == 0
-        while countdown.error is None and (band := fronts.take(downward)) is not None:
-            try:
-                do_band(t, band, downward)
-            except BaseException as error:       # noqa: BLE001 -- handed to the waiting thread
-                countdown.finished(error)
-                return
-            countdown.finished()
-
-    futures = []
-    if threads > 1:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=_num_threads - 1, thread_name_prefix="mobilenet_np")
-        futures = [_executor.submit(worker, t) for t in range(1, threads)]
-    worker(0)
-    countdown.wait()
-    for future in futures:
-        future.cancel()                          # the ones that never started; the others have no band left
 
 
 def _split(length: int, parts: int) -> list[tuple[int, int]]:
@@ -214,20 +280,14 @@ def _split(length: int, parts: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def _bands(start: int, stop: int, rows_per_band: int) -> list[tuple[int, int]]:
-    return [(r, min(r + rows_per_band, stop)) for r in range(start, stop, rows_per_band)]
+def _bands(stop: int, rows_per_band: int) -> list[tuple[int, int]]:
+    """[0, stop) cut into bands of rows_per_band rows (the last one shorter)."""
+    return [(r, min(r + rows_per_band, stop)) for r in range(0, stop, rows_per_band)]
 
 
-def _parallel_rows(rows: int, row_ns: float, rows_per_band: int, threads: int) -> tuple[int, int]:
-    """(threads, rows per band) for `rows` rows of `row_ns` ns of work each (see PARALLEL_BAND_NS).
-
-    One thread keeps the cache-sized `rows_per_band`; several get bands of PARALLEL_BAND_NS at least,
-    but at least one band each.
-    """
-    if threads == 1 or rows < 2 or rows * row_ns < 2 * PARALLEL_BAND_NS:
-        return 1, rows_per_band
-    rows_per_band = max(rows_per_band, -int(-PARALLEL_BAND_NS // max(row_ns, 1e-9)))
-    return threads, min(rows_per_band, -(-rows // threads))
+def _segments(bands: int, threads: int) -> list[tuple[int, int]]:
+    """The bands of a step cut into one segment per pair of walkers."""
+    return _split(bands, -(-threads // 2)) if bands else []
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,27 +383,41 @@ class Value:
 class Step:
     """One kernel of the plan: reads and writes Values.
 
-    run(views, context): `views` maps each Value to its array (N, H, W, C) in the arena; `context`
-    holds the call's "pixel_values" and "hidden_states" (a list, or None when not asked for).
+    A step either runs whole, `run(views, context)`, or (`bands` not empty) band by band:
+    `run_band(views, walker, band, downward)` writes output rows bands[band] = (start, stop), after
+    the rows `needs(band)` lists are written; the walkers share the bands (_Call). `views` maps each
+    Value to its array (N, H, W, C) in the arena, and "scratch" to the walkers' scratch buffers;
+    `context` holds the call's "hidden_states" (a list, or None when not asked for).
     """
 
     reads: tuple[Value, ...] = ()
     writes: tuple[Value, ...] = ()
-    scratch_values: int = 0         # per-thread scratch this step needs (in values of the plan's dtype)
+    scratch_values: int = 0         # per-walker scratch this step needs (in values of the plan's dtype)
+    bands: list[tuple[int, int]] = []       # output rows of each band ([]: the step runs whole)
+    segments: list[tuple[int, int]] = []    # the bands cut into one range per pair of walkers (_segments)
 
-    def run(self, views: dict[Value, np.ndarray], context: dict) -> None:
+    def needs(self, band: int) -> list[tuple[Value, int, int]]:
+        """(value, start, stop): the rows [start, stop) of values that band `band` reads."""
         raise NotImplementedError
 
+    def run_band(self, views: dict, walker: int, band: int, downward: bool) -> None:
+        raise NotImplementedError
 
-def allocate_slots(values: list[Value]) -> list[int]:
+    def run(self, views: dict, context: dict) -> None:
+        for band in range(len(self.bands)):
+            self.run_band(views, 0, band, True)
+
+
+def allocate_slots(values: list[Value], lag: int = 0) -> list[int]:
     """Give every value an arena slot so that no two live values share one; return the slot sizes.
 
     Linear scan in the order the values are written: take the free slot that fits best (or the
-    largest free one, grown), else open a new slot. A slot is free again after the last step that
-    reads its value, so the value a step writes never shares a slot with one it reads.
+    largest free one, grown), else open a new slot. A slot is free again `lag` steps after the last
+    step that reads its value (lag 1 with several walkers, which may be a step apart: see _Call), so
+    the value a step writes never shares a slot with one it reads.
     """
     sizes: list[int] = []
-    busy_until: list[int] = []                      # the last step that reads the slot's current value
+    busy_until: list[int] = []                      # the last step that may still read the slot's value
     for value in sorted(values, key=lambda v: v.written):
         free = [s for s in range(len(sizes)) if busy_until[s] < value.written]
         fitting = [s for s in free if sizes[s] >= value.size]
@@ -357,38 +431,39 @@ def allocate_slots(values: list[Value]) -> list[int]:
             sizes.append(value.size)
             busy_until.append(-1)
         value.slot = slot
-        busy_until[slot] = max(value.last_read, value.written)
+        busy_until[slot] = max(value.last_read + lag, value.written)
     return sizes
 
 
 class Plan:
     """The steps of one network for one input shape and dtype, and the arenas to run them in.
 
-    An arena is one set of slot buffers plus per-thread scratch. A call borrows a free arena (or
+    An arena is one set of slot buffers plus per-walker scratch. A call borrows a free arena (or
     makes one), so two threads can run the same model at the same time.
     """
 
     def __init__(self, steps: list[Step], values: list[Value], dtype, finish: Callable, threads: int = 1):
         self.steps, self.dtype, self.finish, self.threads = steps, np.dtype(dtype), finish, threads
-        self.estimated_ns = sum(getattr(step, "estimated_ns", 0) for step in steps)
         self.values = [v for v in values if v.storage != "input"]
         self.inputs = [v for v in values if v.storage == "input"]
         for i, step in enumerate(steps):
             for value in step.reads:
                 value.last_read = max(value.last_read, i)
-        self.slot_sizes = allocate_slots(self.values)
+        if any(len(step.segments) > -(-threads // 2) for step in steps):
+            raise ValueError(f"fast path: a step has more segments than {threads} walkers can take")
+        self.slot_sizes = allocate_slots(self.values, lag=1 if threads > 1 else 0)
         self.scratch_values = max([s.scratch_values for s in steps] + [0])
-        self._free_arenas: list[tuple[dict, list[np.ndarray]]] = []
+        self._free_arenas: list[dict] = []
         self._lock = threading.Lock()
 
     def nbytes(self) -> int:
-        """Bytes of one arena: the activations' slots and the threads' scratch."""
-        return (sum(self.slot_sizes) + _num_threads * self.scratch_values) * self.dtype.itemsize
+        """Bytes of one arena: the activations' slots and the walkers' scratch."""
+        return (sum(self.slot_sizes) + self.threads * self.scratch_values) * self.dtype.itemsize
 
     def _new_arena(self):
         slots = [np.empty(size, self.dtype) for size in self.slot_sizes]
         views = {v: v.view(slots[v.slot]) for v in self.values}
-        views["scratch"] = [np.empty(self.scratch_values, self.dtype) for _ in range(_num_threads)]
+        views["scratch"] = [np.empty(self.scratch_values, self.dtype) for _ in range(self.threads)]
         return views
 
     def run(self, pixel_values: np.ndarray, output_hidden_states: bool):
@@ -401,14 +476,18 @@ class Plan:
         context = {"hidden_states": [] if output_hidden_states else None}
         _set_blas_threads(1 if self.threads > 1 else _num_threads)
         try:
-            for step in self.steps:
-                step.run(views, context)
+            _run_steps(self, views, context)
             return self.finish(views, context)
         finally:
             for v in self.inputs:
                 views.pop(v)
             with self._lock:
                 self._free_arenas.append(views)
+
+
+def _run_steps(plan: Plan, views: dict, context: dict) -> None:
+    """Run every step of the plan: on plan.threads walkers (_Call), or in order on this thread."""
+    _Call(plan, views, context).run(plan.threads)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -446,9 +525,8 @@ class SaveHiddenState(Step):
 class MatMul(Step):
     """A 1x1 convolution: (N*H*W, C_in) @ (C_in, C_out), then + bias, activation, + residual.
 
-    The output rows are cut into bands, handed out to the threads (`_run_bands`): a band's matrix
-    product and its epilogue run back to back, while the band is in cache. With few rows (late,
-    small layers) the bands are column ranges of the output instead.
+    The output rows are cut into bands of about GEMM_BAND_BYTES, which the walkers share: a band's
+    matrix product and its epilogue run back to back, while the band is in cache.
 
     weight: (C_in, C_out). bias: (C_out,), or a Value (N, 1, 1, C_out) holding one bias per image
     (the DeepLab projection, see PooledProjectionBias).
@@ -461,38 +539,34 @@ class MatMul(Step):
         self.writes = (out,)
         self.activation = _activation(activation, weight.dtype)
         n, h, w, c_out = out.shape
-        pixels = h * w
-        rows_per_band = max(1, GEMM_BAND_BYTES // (c_out * weight.itemsize))
-        self.estimated_ns = n * pixels * weight.size * GEMM_NS_PER_MAC
-        self.threads, rows_per_band = _parallel_rows(n * pixels, weight.size * GEMM_NS_PER_MAC, rows_per_band, threads)
-        self.bands = []          # (image, row slice, column slice) of the (N, H*W, C) views
-        if n * pixels >= self.threads * GEMM_MIN_ROWS:
-            r = 0
-            while r < n * pixels:                                     # bands never cross an image
-                image, end = r // pixels, min(r + rows_per_band, (r // pixels + 1) * pixels)
-                self.bands.append((image, slice(r - image * pixels, end - image * pixels), slice(None)))
-                r = end
-        else:
-            self.bands = [(slice(None), slice(None), slice(a, b)) for a, b in _split(c_out, self.threads)]
+        rows_per_band = max(1, GEMM_BAND_BYTES // (n * w * c_out * weight.itemsize))
+        if threads > 1:
+            rows_per_band = min(rows_per_band, -(-h // threads))      # a band for every walker
+        self.bands, self.columns = _bands(h, rows_per_band), None
+        if threads > 1 and n * h * w < threads * GEMM_MIN_ROWS:    # few pixels: share the columns instead
+            self.columns = _split(c_out, threads)
+            self.bands = [(0, h)] * len(self.columns)
+            self.weights = [np.ascontiguousarray(weight[:, a:b]) for a, b in self.columns]
+        self.segments = _segments(len(self.bands), threads)
 
-    def run(self, views, context):
-        n, h, w, c_out = self.out.shape
-        x = views[self.x].reshape(n, h * w, -1)                                 # (N, H*W, C_in)
-        out = views[self.out].reshape(n, h * w, c_out)                          # (N, H*W, C_out)
-        per_image_bias = isinstance(self.bias, Value)
-        bias = views[self.bias].reshape(-1, 1, c_out) if per_image_bias else self.bias[None, None]
-        residual = None if self.residual is None else views[self.residual].reshape(n, h * w, c_out)
+    def needs(self, band):
+        start, stop = self.bands[band]
+        needs = [(self.x, start, stop)] + ([(self.residual, start, stop)] if self.residual is not None else [])
+        return needs + ([(self.bias, 0, 1)] if isinstance(self.bias, Value) else [])
 
-        def do_band(t, band, downward):
-            image, rows, cols = self.bands[band]
-            y = out[image, rows, cols]
-            np.matmul(x[image, rows], self.weight[:, cols], out=y)
-            np.add(y, bias[image if per_image_bias else 0, :, cols], out=y)
-            self.activation(y, y)
-            if residual is not None:
-                np.add(y, residual[image, rows, cols], out=y)
-
-        _run_bands(do_band, len(self.bands), self.threads)
+    def run_band(self, views, walker, band, downward):
+        start, stop = self.bands[band]
+        cols = slice(*self.columns[band]) if self.columns else slice(None)
+        weight = self.weights[band] if self.columns else self.weight
+        n, c_out = self.out.shape[0], self.out.shape[-1]
+        x = views[self.x][:, start:stop].reshape(n, -1, self.x.shape[-1])          # (N, rows*W, C_in)
+        y = views[self.out][:, start:stop].reshape(n, -1, c_out)[..., cols]        # (N, rows*W, C_out), a view
+        bias = views[self.bias].reshape(n, 1, c_out) if isinstance(self.bias, Value) else self.bias
+        np.matmul(x, weight, out=y)
+        np.add(y, bias[..., cols], out=y)
+        self.activation(y, y)
+        if self.residual is not None:
+            np.add(y, views[self.residual][:, start:stop].reshape(n, -1, c_out)[..., cols], out=y)
 
 
 @dataclasses.dataclass
@@ -503,22 +577,25 @@ class Pointwise:
     bias: np.ndarray
     activation: Callable[[np.ndarray, np.ndarray], None]
 
-    def linear(self, x: np.ndarray, out: np.ndarray, threads: int = 1) -> None:
+    def linear(self, x: np.ndarray, out: np.ndarray, part: int | None = None) -> None:
         """out = x @ weight + bias: x (N, rows, W, C_in) -> out (N, rows, W, C_out), out contiguous per image.
 
-        With threads > 1, the threads compute a share of the output columns each.
+        With `part`, only the output columns columns[part] (see share_columns) are computed.
         """
         n, c_out = x.shape[0], out.shape[-1]
-        x = x.reshape(n, -1, x.shape[-1])                                        # (N, rows*W, C_in)
         y = out.reshape(n, -1, c_out)                                            # (N, rows*W, C_out)
-        parts = _split(c_out, threads)
+        weight, bias = self.weight, self.bias
+        if part is not None:
+            cols = slice(*self.columns[part])
+            y, weight, bias = y[..., cols], self.weights[part], bias[cols]
+        np.matmul(x.reshape(n, -1, x.shape[-1]), weight, out=y)
+        np.add(y, bias, out=y)
 
-        def columns(t, part, downward):
-            cols = slice(*parts[part])
-            np.matmul(x, self.weight[:, cols], out=y[..., cols])
-            np.add(y[..., cols], self.bias[cols], out=y[..., cols])
-
-        _run_bands(columns, len(parts), threads)
+    def share_columns(self, parts: int) -> list[tuple[int, int]]:
+        """Cut the output columns into `parts` ranges, with a contiguous copy of each weight slice."""
+        self.columns = _split(self.weight.shape[1], parts)
+        self.weights = [np.ascontiguousarray(self.weight[:, a:b]) for a, b in self.columns]
+        return self.columns
 
 
 @dataclasses.dataclass
@@ -571,33 +648,32 @@ class DepthwiseBlock(Step):
         self.weight, self.flat = weight, flat
 
         rows_per_band = max(1, BAND_BYTES // (n * w_out * c * weight.itemsize), -(-BAND_MIN_PIXELS // (n * w_out)))
-        macs = (x.shape[-1] * c * self.s ** 2 if expand is not None else 0) + (c * out.shape[-1] if project else 0)
-        row_ns = n * w_out * (macs * GEMM_NS_PER_MAC + c * DEPTHWISE_NS_PER_VALUE * self.k ** 2 / 9
-                              + c * self.s ** 2 * LINE_BUFFER_NS_PER_VALUE)
-        self.estimated_ns = h_out * row_ns
-        pixels = n * h_out * w_out
-        if threads > 1 and pixels < threads * GEMM_MIN_ROWS and pixels * macs * GEMM_NS_PER_MAC >= PARALLEL_BAND_NS:
-            # Few pixels (the last layers): row bands would make the matrix products too thin to
-            # share. One band instead, whose products' output columns the threads share (one call each).
-            self.threads, self.gemm_threads, rows_per_band = 1, threads, h_out
-        else:
-            self.gemm_threads = 1
-            self.threads, rows_per_band = _parallel_rows(h_out, row_ns, rows_per_band, threads)
-        self.bands = _bands(0, h_out, rows_per_band)
-        needs = [self._padded_rows(y0, y1) for y0, y1 in self.bands]
+        if threads > 1:
+            rows_per_band = min(rows_per_band, -(-h_out // threads))  # a band for every walker
+        self.bands, self.columns = _bands(h_out, rows_per_band), None
+        if threads > 1 and project is not None and expand is None and n * h_out * w_out < threads * GEMM_MIN_ROWS:
+            # Few pixels (MobileNetV1's last layers): every walker computes the whole (small) depthwise
+            # output, then a share of the projection's output columns.
+            rows_per_band = h_out
+            self.columns = project.share_columns(threads)
+            self.bands = [(0, h_out)] * threads
+        self.segments = _segments(len(self.bands), threads)
+        padded = [self._padded_rows(y0, y1) for y0, y1 in self.bands]
         # Besides the rows of one band, the line buffer has room for twice the rows two bands share,
         # so that moving those back to its start (_band) costs at most half a band's new rows.
-        span = max(b - a for a, b in needs)
+        span = max(b - a for a, b in padded)
         self.buffer_rows = span + 2 * max(0, span - rows_per_band * self.s)
-        # A thread walking down starts at a segment's first band and continues from the band above;
-        # one walking up starts at its last band, from the band below (_run_bands).
-        self.down, self.up = [None] * len(needs), [None] * len(needs)
-        for a, b in _split(len(self.bands), -(-self.threads // 2)):
+        # A walker going down starts at a segment's first band and continues from the band above;
+        # one going up starts at its last band, from the band below (_Call).
+        self.down, self.up = [None] * len(padded), [None] * len(padded)
+        for a, b in self.segments:
             for walk, downward in ((range(a, b), True), (reversed(range(a, b)), False)):
                 bands, held = (self.down, self.up)[not downward], None
                 for i in walk:
-                    bands[i] = self._band(held, needs[i], downward)
-                    held = (bands[i].origin, needs[i])
+                    bands[i] = self._band(held, padded[i], downward)
+                    held = (bands[i].origin, padded[i])
+        # the input rows each band reads (its padded rows, less the padding)
+        self.input_rows = [(max(0, a - top), min(h, b - top)) for a, b in padded]
         self.buffer_shape = (n, self.buffer_rows, self.left + w + right, c)      # padded input rows
         self.expanded_shape = (n, span, w, c) if expand is not None else (0,)   # expand output, pre-activation
         self.band_shape = (n, min(rows_per_band, h_out), w_out, c)              # depthwise output, when projected
@@ -663,43 +739,43 @@ class DepthwiseBlock(Step):
         # (np.lib.stride_tricks.as_strided does the same, ten times slower)
         return np.ndarray(shape, buffer.dtype, buffer, first * row, strides)
 
-    def run(self, views, context):
+    def needs(self, band):
+        return [(self.x, *self.input_rows[band])]
+
+    def run_band(self, views, walker, band_index, downward):
         x, out = views[self.x], views[self.out]
         left, width = self.left, self.width
+        buffer, expanded, *band_out = self._scratch(views["scratch"][walker])
+        band = (self.down if downward else self.up)[band_index]
+        y0, y1 = self.bands[band_index]
+        if band.keep is not None:
+            np.copyto(buffer[:, band.keep[1]], buffer[:, band.keep[0]])
+        for rows in band.zeros:
+            buffer[:, rows].fill(0)
+        for x_rows, rows in band.fills:
+            buffer[:, rows, :left].fill(0)
+            buffer[:, rows, left + width:].fill(0)
+            interior = buffer[:, rows, left: left + width]
+            if self.expand is None:
+                np.copyto(interior, x[:, x_rows])
+            else:
+                linear = expanded[:, : rows.stop - rows.start]
+                self.expand.linear(x[:, x_rows], linear)
+                self.expand.activation(linear, interior)
+        depthwise = band_out[0][:, : y1 - y0] if self.project is not None else out[:, y0:y1]
+        target = depthwise.reshape(depthwise.shape[0], y1 - y0, -1) if self.flat else depthwise
         subscripts = "nyfij,ijf->nyf" if self.flat else "nyxcij,ijc->nyxc"
-
-        def do_band(t, band_index, downward):
-            buffer, expanded, *band_out = self._scratch(views["scratch"][t])
-            band_out = band_out[0] if band_out else None
-            band = (self.down if downward else self.up)[band_index]
-            y0, y1 = self.bands[band_index]
-            if band.keep is not None:
-                np.copyto(buffer[:, band.keep[1]], buffer[:, band.keep[0]])
-            for rows in band.zeros:
-                buffer[:, rows].fill(0)
-            for x_rows, rows in band.fills:
-                buffer[:, rows, :left].fill(0)
-                buffer[:, rows, left + width:].fill(0)
-                interior = buffer[:, rows, left: left + width]
-                if self.expand is None:
-                    np.copyto(interior, x[:, x_rows])
-                else:
-                    linear = expanded[:, : rows.stop - rows.start]
-                    self.expand.linear(x[:, x_rows], linear, self.gemm_threads)
-                    self.expand.activation(linear, interior)
-            depthwise = band_out[:, : y1 - y0] if self.project is not None else out[:, y0:y1]
-            target = depthwise.reshape(depthwise.shape[0], y1 - y0, -1) if self.flat else depthwise
-            np.einsum(subscripts, self._windows(buffer, y0 * self.s - band.origin, y1 - y0), self.weight, out=target)
-            np.add(depthwise, self.bias, out=depthwise)
-            self.activation(depthwise, depthwise)
-            if self.project is not None:
-                y = out[:, y0:y1]
-                self.project.linear(depthwise, y, self.gemm_threads)
-                self.project.activation(y, y)
-                if self.residual:
-                    np.add(y, x[:, y0:y1], out=y)
-
-        _run_bands(do_band, len(self.bands), self.threads)
+        np.einsum(subscripts, self._windows(buffer, y0 * self.s - band.origin, y1 - y0), self.weight, out=target)
+        np.add(depthwise, self.bias, out=depthwise)
+        self.activation(depthwise, depthwise)
+        if self.project is not None:
+            cols = slice(*self.columns[band_index]) if self.columns else slice(None)
+            y = out[:, y0:y1]
+            self.project.linear(depthwise, y, band_index if self.columns else None)
+            y = y[..., cols]
+            self.project.activation(y, y)
+            if self.residual:
+                np.add(y, x[:, y0:y1, :, cols], out=y)
 
 
 class Im2col(Step):

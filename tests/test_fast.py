@@ -53,14 +53,18 @@ def assert_outputs_close(ours, reference, rtol: float, what: str) -> None:
 
 
 @contextlib.contextmanager
-def tiny_bands(rows: int = 1, threads: int = 3):
-    """Cut even tiny layers into bands of `rows` rows on `threads` threads, so every splitting path runs."""
+def tiny_bands(rows: int = 1, threads: int = 3, column_shares: bool = True):
+    """Cut even tiny layers into bands of `rows` rows on `threads` threads, so every splitting path runs.
+
+    column_shares: whether small matrix products are shared out by columns (GEMM_MIN_ROWS as set in
+    fast.py: most tiny layers qualify) or always by rows."""
     saved = {name: getattr(fast, name) for name in ("BAND_BYTES", "BAND_MIN_PIXELS", "GEMM_BAND_BYTES",
-                                                     "PARALLEL_BAND_NS")}
+                                                     "GEMM_MIN_ROWS")}
     saved_threads = fast.get_num_threads()
-    fast.BAND_BYTES, fast.BAND_MIN_PIXELS = 1, 1                  # rows_per_band = 1 ...
-    fast.GEMM_BAND_BYTES, fast.PARALLEL_BAND_NS = 64, 0           # ... a few pixels per GEMM band, all threaded
+    fast.BAND_BYTES, fast.GEMM_BAND_BYTES = 1, 64                 # bands of one row, a few pixels per GEMM band
     fast.BAND_MIN_PIXELS = rows                                    # ... or `rows` rows of a 1-pixel-wide image
+    if not column_shares:
+        fast.GEMM_MIN_ROWS = 0
     fast.set_num_threads(threads)
     try:
         yield
@@ -71,22 +75,19 @@ def tiny_bands(rows: int = 1, threads: int = 3):
 
 
 def walks_meeting_at(meeting: float):
-    """A deterministic stand-in for fast._run_bands: in each segment of bands, thread 2k walks down
-    from the first band and thread 2k + 1 up from the last, meeting at `meeting` (0..1) of the way."""
-    def run_bands(do_band, bands, threads):
-        for k, (a, b) in enumerate(fast._split(bands, -(-threads // 2))):
-            middle = a + round(meeting * (b - a)) if 2 * k + 1 < threads else b
-            for band in range(a, middle):
-                do_band(2 * k, band, True)
-            for band in reversed(range(middle, b)):
-                do_band(2 * k + 1, band, False)
-    return run_bands
-
-
-@pytest.fixture
-def small_bands():
-    with tiny_bands():
-        yield
+    """A deterministic stand-in for fast._run_steps: step by step, in each segment of bands, walker 2k
+    goes down from the first band and walker 2k + 1 up from the last, meeting at `meeting` (0..1) of the way."""
+    def run_steps(plan, views, context):
+        for step in plan.steps:
+            if not step.bands:
+                step.run(views, context)
+            for k, (a, b) in enumerate(step.segments):
+                middle = a + round(meeting * (b - a)) if 2 * k + 1 < plan.threads else b
+                for band in range(a, middle):
+                    step.run_band(views, 2 * k, band, True)
+                for band in reversed(range(middle, b)):
+                    step.run_band(views, 2 * k + 1, band, False)
+    return run_steps
 
 
 # --------------------------------------------------------------------------------------------------
@@ -142,9 +143,9 @@ layer_geometries = st.fixed_dictionaries({
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(geometry=layer_geometries, batch=st.integers(1, 3), channels=st.integers(1, 12), height=st.integers(1, 11),
        width=st.integers(1, 11), float64=st.booleans(), pool=st.booleans(), tile=st.booleans(),
-       seed=st.integers(0, 2**16))
-def test_each_kernel_equals_the_readable_conv_layer(small_bands, monkeypatch, geometry, batch, channels, height,
-                                                    width, float64, pool, tile, seed):
+       column_shares=st.booleans(), seed=st.integers(0, 2**16))
+def test_each_kernel_equals_the_readable_conv_layer(monkeypatch, geometry, batch, channels, height, width, float64,
+                                                    pool, tile, column_shares, seed):
     """One ConvLayer through PlanBuilder.conv (Depthwise, MatMul or Im2col + MatMul) vs ConvLayer.__call__."""
     g = dict(geometry)
     depthwise = g.pop("depthwise")
@@ -158,10 +159,12 @@ def test_each_kernel_equals_the_readable_conv_layer(small_bands, monkeypatch, ge
     params = {k: v.astype(dtype) for k, v in random_parameters(layer.parameter_shapes(), seed).items()}
     x = np.random.default_rng(seed).standard_normal((batch, channels, height, width)).astype(dtype)
 
-    builder = fast.PlanBuilder(params, dtype, threads=fast.get_num_threads() if pool else 1)
-    out = builder.conv(layer, builder.input(x.shape))
-    plan = fast.Plan(builder.steps, builder.values, dtype, lambda views, context: fast._nchw(views[out]))
-    ours = plan.run(x, output_hidden_states=False)
+    with tiny_bands(column_shares=column_shares):
+        builder = fast.PlanBuilder(params, dtype, threads=fast.get_num_threads() if pool else 1)
+        out = builder.conv(layer, builder.input(x.shape))
+        plan = fast.Plan(builder.steps, builder.values, dtype, lambda views, context: fast._nchw(views[out]),
+                         builder.threads)
+        ours = plan.run(x, output_hidden_states=False)
     error = relative_error(ours, layer(x, params))
     assert error <= (FLOAT64_RTOL if float64 else FLOAT32_RTOL), f"{layer}: relative error {error:.3g}"
 
@@ -170,12 +173,12 @@ def test_each_kernel_equals_the_readable_conv_layer(small_bands, monkeypatch, ge
 @given(kernel_size=st.integers(1, 5), stride=st.integers(1, 3), dilation=st.integers(1, 4), tf_padding=st.booleans(),
        with_expand=st.booleans(), with_project=st.booleans(), residual=st.booleans(), batch=st.integers(1, 2),
        channels=st.integers(2, 6), expanded=st.integers(2, 9), height=st.integers(1, 14), width=st.integers(1, 9),
-       rows=st.integers(1, 4), threads=st.integers(1, 3), meeting=st.none() | st.floats(0, 1), float64=st.booleans(),
-       seed=st.integers(0, 2**16))
+       rows=st.integers(1, 4), threads=st.integers(1, 3), meeting=st.none() | st.floats(0, 1),
+       column_shares=st.booleans(), float64=st.booleans(), seed=st.integers(0, 2**16))
 def test_depthwise_block_equals_its_layers_one_after_the_other(monkeypatch, kernel_size, stride, dilation, tf_padding,
                                                               with_expand, with_project, residual, batch, channels,
-                                                              expanded, height, width, rows, threads, meeting, float64,
-                                                              seed):
+                                                              expanded, height, width, rows, threads, meeting,
+                                                              column_shares, float64, seed):
     """[expand ->] depthwise [-> project] [+ x], band by band with a line buffer, vs the readable layers.
 
     The bands are handed out by the real scheduler (meeting=None), or deterministically so that both
@@ -199,12 +202,13 @@ def test_depthwise_block_equals_its_layers_one_after_the_other(monkeypatch, kern
     if residual:
         expected = expected + x
     if meeting is not None:
-        monkeypatch.setattr(fast, "_run_bands", walks_meeting_at(meeting))
-    with tiny_bands(rows, threads):
+        monkeypatch.setattr(fast, "_run_steps", walks_meeting_at(meeting))
+    with tiny_bands(rows, threads, column_shares):
         builder = fast.PlanBuilder(params, dtype, threads)
         out = builder.depthwise_block(depthwise, builder.input(x.shape), expand, project, residual)
         assert [type(step) for step in builder.steps] == [fast.DepthwiseBlock]
-        plan = fast.Plan(builder.steps, builder.values, dtype, lambda views, context: fast._nchw(views[out]))
+        plan = fast.Plan(builder.steps, builder.values, dtype, lambda views, context: fast._nchw(views[out]),
+                         threads)
         ours = plan.run(x, output_hidden_states=False)
     error = relative_error(ours, expected)
     assert error <= (FLOAT64_RTOL if float64 else FLOAT32_RTOL), f"relative error {error:.3g}"
@@ -231,9 +235,10 @@ def network_cases(draw):
 
 
 @settings(max_examples=60)
-@given(case=network_cases(), small_bands=st.booleans(), seed=st.integers(0, 2**16))
+@given(case=network_cases(), small_bands=st.sampled_from([None, "rows", "columns"]), seed=st.integers(0, 2**16))
 def test_fast_path_equals_readable_path_and_transformers(case, small_bands, seed):
-    """The default call (the fast path), with its usual bands or with bands of one row on 3 threads."""
+    """The default call (the fast path), with its usual bands or with bands of one row on 3 threads
+    (small matrix products shared by rows, or by columns where they qualify)."""
     architecture, config, shape, dtype = case
     torch_model = random_transformers_model(architecture, seed, **config)
     model = numpy_twin(torch_model, architecture)
@@ -242,7 +247,7 @@ def test_fast_path_equals_readable_path_and_transformers(case, small_bands, seed
     x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
     rtol = FLOAT64_RTOL if dtype == np.float64 else FLOAT32_RTOL
 
-    with tiny_bands() if small_bands else contextlib.nullcontext():
+    with tiny_bands(column_shares=small_bands == "columns") if small_bands else contextlib.nullcontext():
         ours = model(x, output_hidden_states=True)                  # the default call: the fast path
         without_hidden_states = model(x)                            # (MobileNetV1 fuses more without them)
     for name in without_hidden_states.keys():
@@ -262,6 +267,70 @@ def test_published_sizes_match_transformers(architecture, config, size):
     model = numpy_twin(torch_model)
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     assert_outputs_close(model(x, output_hidden_states=True), torch_outputs(torch_model, x), FLOAT32_RTOL, architecture)
+
+
+def random_interleaving(seed: int):
+    """A stand-in for fast._run_steps: the walkers' generators (_Call.steps_of) driven on this thread,
+    each time one walker chosen at random among those whose condition holds, and the arena filled
+    with NaN first. A band that reads rows its `needs` did not declare, or a slot reused while a
+    walker a step behind still reads it, then reads NaN or stale values, unless the order happens to
+    save it; over many random orders, it does not."""
+    def run_steps(plan, views, context):
+        import random
+        for array in [views[v] for v in plan.values] + views["scratch"]:
+            array[...] = np.nan
+        call, choose = fast._Call(plan, views, context), random.Random(seed)
+        walkers = {w: call.steps_of(w) for w in range(plan.threads)}
+        conditions = {w: next(walk) for w, walk in walkers.items()}
+        while walkers:
+            runnable = [w for w in walkers if conditions[w]()]
+            assert runnable, "deadlock: no walker can go on"
+            w = choose.choice(runnable)
+            try:
+                conditions[w] = next(walkers[w])
+            except StopIteration:
+                del walkers[w]
+        assert call.finished == len(plan.steps)
+    return run_steps
+
+
+@settings(max_examples=60, deadline=None)
+@given(architecture=st.sampled_from(["MobileNetV1ForImageClassification", "MobileNetV2ForImageClassification",
+                                     "MobileNetV2ForSemanticSegmentation"]),
+       hidden_states=st.booleans(), threads=st.integers(2, 4), column_shares=st.booleans(),
+       shape=st.tuples(st.integers(1, 2), st.just(3), st.integers(9, 40), st.integers(9, 40)),
+       seed=st.integers(0, 2**16))
+def test_walkers_read_only_rows_already_written(architecture, hidden_states, threads, column_shares, shape, seed):
+    """Every step's `needs` and the arena's slot lifetimes, over random interleavings of the walkers."""
+    model = small_model(architecture)
+    x = pixels(seed, shape)
+    expected = model(x, output_hidden_states=hidden_states, fast=False)
+    with tiny_bands(rows=1, threads=threads, column_shares=column_shares):
+        plan = fast.build_plan(model, x.shape, np.float32, hidden_states)
+        fast_run_steps, fast._run_steps = fast._run_steps, random_interleaving(seed)
+        try:
+            ours = plan.run(x, output_hidden_states=hidden_states)
+        finally:
+            fast._run_steps = fast_run_steps
+    assert_outputs_close(ours, expected, FLOAT32_RTOL, architecture)
+
+
+def test_an_error_in_a_walker_reaches_the_caller_and_leaves_the_plan_usable():
+    model = small_model("MobileNetV1ForImageClassification")
+    x = pixels()
+    expected = model(x, fast=False).logits
+    with tiny_bands(rows=1, threads=2):
+        plan = fast.build_plan(model, x.shape, np.float32)
+        step = next(step for step in plan.steps[3:] if step.bands)
+        run_band = step.run_band
+
+        def failing(views, walker, band, downward):
+            raise ArithmeticError(f"band {band} failed on walker {walker}")
+        step.run_band = failing
+        with pytest.raises(ArithmeticError, match="failed on walker"):
+            plan.run(x, output_hidden_states=False)
+        step.run_band = run_band
+        assert relative_error(plan.run(x, output_hidden_states=False).logits, expected) <= FLOAT32_RTOL
 
 
 # --------------------------------------------------------------------------------------------------
