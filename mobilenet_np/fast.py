@@ -980,15 +980,17 @@ class PlanBuilder:
 def _mobilenet_v1_backbone(b: PlanBuilder, backbone, x: Value, hidden_states: bool) -> Value:
     x = b.conv(backbone.conv_stem, x)                     # (N, H/2, W/2, 32a)
     layers = backbone.layer                               # 26 layers, each one hidden state
-    for depthwise, pointwise in zip(layers[0::2], layers[1::2]):
-        if hidden_states:                                 # the depthwise output must be kept
-            x = b.conv(depthwise, x)
+    if hidden_states:                                     # every output is kept
+        for layer in layers:
+            x = b.conv(layer, x)
             b.hidden_state(x)
-            x = b.conv(pointwise, x)
-            b.hidden_state(x)
-        else:
-            x = b.depthwise_block(depthwise, x, project=pointwise)
-    return x                                              # (N, H/32, W/32, 1024a)
+        return x
+    # Otherwise each pointwise layer runs as the "expand" of the depthwise layer after it, as in a
+    # MobileNetV2 block: its output rows go straight into that layer's line buffer, never stored whole.
+    x = b.depthwise_block(layers[0], x)                   # (N, H/2, W/2, 32a)
+    for pointwise, depthwise in zip(layers[1:-1:2], layers[2::2]):
+        x = b.depthwise_block(depthwise, x, expand=pointwise)
+    return b.conv(layers[-1], x)                          # (N, H/32, W/32, 1024a)
 
 
 def _mobilenet_v2_backbone(b: PlanBuilder, backbone, x: Value, conv_1x1: bool) -> Value:
