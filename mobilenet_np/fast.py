@@ -55,8 +55,8 @@ __all__ = ["fast_forward", "batch_norm_affine", "fold_batch_norm", "tap_ranges",
 
 # On one thread, a band of a DepthwiseBlock (its depthwise output) or of a lone 1x1 layer (its matrix
 # product's output) is about this many bytes, so that it and its inputs stay in a core's L2 cache ...
-BAND_BYTES = 256 * 1024
-GEMM_BAND_BYTES = 256 * 1024
+BAND_BYTES = 2 * 1024 * 1024
+GEMM_BAND_BYTES = 2 * 1024 * 1024
 # ... but a DepthwiseBlock band has at least this many pixels, so that its matrix products are not
 # too small for BLAS to run efficiently.
 BAND_MIN_PIXELS = 256
@@ -783,33 +783,46 @@ class Im2col(Step):
 
     cols[n, y, x, (i, j, c)] = x[n, y*s + i*d - top, x*s + j*d - left, c], 0 where that is padding.
     cols is stored planar, (k*k*C_in, N, H_out, W_out): each (i, j, c) column is written as a whole
-    image plane from a strided plane of the input, and the matrix product reads it transposed.
+    image plane (one band of its rows) from a strided plane of the input, and the matrix product
+    reads it transposed.
     """
 
-    def __init__(self, layer: ConvLayer, x: Value, cols: Value, padding: tuple[int, int, int, int]):
+    def __init__(self, layer: ConvLayer, x: Value, cols: Value, padding: tuple[int, int, int, int],
+                 threads: int = 1):
+        """threads: the walkers that share its bands (one band each). With the stem, one band is as
+        fast: the second walker is still waking up, and the band is a hundred small copies."""
         self.x, self.cols = x, cols
         self.reads, self.writes = (x,), (cols,)
         n, h, w, c = x.shape
         _, h_out, w_out, _ = cols.shape
-        k, s, d = layer.kernel_size, layer.stride, layer.dilation
-        # per tap: (its first column in cols, output rows, output cols, input rows, input cols)
-        self.taps = []
-        for i, (r0, r1, in_r0) in enumerate(tap_ranges(h, h_out, k, s, d, padding[0])):
-            for j, (c0, c1, in_c0) in enumerate(tap_ranges(w, w_out, k, s, d, padding[2])):
-                self.taps.append(((i * k + j) * c, (r0, r1), (c0, c1),
-                                  _tap_slice(in_r0, r1 - r0, s) if r1 > r0 else None,
-                                  _tap_slice(in_c0, c1 - c0, s) if c1 > c0 else None))
-        self.channels, self.h_out, self.w_out = c, h_out, w_out
+        self.k, self.s, self.d, self.top, self.height = layer.kernel_size, layer.stride, layer.dilation, padding[0], h
+        # per tap (i, j): its first column in cols, and the tap_ranges of its rows and of its columns
+        self.taps = [((i * self.k + j) * c, rows, columns)
+                     for i, rows in enumerate(tap_ranges(h, h_out, self.k, self.s, self.d, padding[0]))
+                     for j, columns in enumerate(tap_ranges(w, w_out, self.k, self.s, self.d, padding[2]))]
+        self.channels, self.w_out = c, w_out
+        self.bands = _bands(h_out, -(-h_out // threads))                  # a band for every walker
+        self.segments = _segments(len(self.bands), threads)
 
-    def run(self, views, context):
+    def needs(self, band):
+        y0, y1 = self.bands[band]
+        first, stop = y0 * self.s - self.top, (y1 - 1) * self.s + (self.k - 1) * self.d + 1 - self.top
+        return [(self.x, max(0, first), min(self.height, stop))]
+
+    def run_band(self, views, walker, band, downward):
+        y0, y1 = self.bands[band]
         x = views[self.x].transpose(3, 0, 1, 2)                  # (C, N, H, W) view
         cols = views[self.cols].transpose(3, 0, 1, 2)            # (k*k*C, N, H_out, W_out), contiguous
-        for first, (r0, r1), (c0, c1), in_rows, in_cols in self.taps:
-            planes = cols[first: first + self.channels]          # (C, N, H_out, W_out)
-            for zeros in (planes[:, :, :r0], planes[:, :, r1:], planes[:, :, :, :c0], planes[:, :, :, c1:]):
-                zeros.fill(0)                                    # the padding this tap would read
-            if in_rows is not None and in_cols is not None:
-                np.copyto(planes[:, :, r0:r1, c0:c1], x[:, :, in_rows, in_cols])
+        for first, (r0, r1, in_r0), (c0, c1, in_c0) in self.taps:
+            planes = cols[first: first + self.channels, :, y0:y1]          # (C, N, band rows, W_out)
+            a, b = max(r0, y0) - y0, max(min(r1, y1) - y0, 0)              # band rows that read input rows
+            a = min(a, b)
+            for zeros in (planes[:, :, :a], planes[:, :, b:], planes[:, :, a:b, :c0], planes[:, :, a:b, c1:]):
+                if zeros.size:
+                    zeros.fill(0)                                # the padding this tap would read
+            if b > a and c1 > c0:
+                in_rows = _tap_slice(in_r0 + (a + y0 - r0) * self.s, b - a, self.s)
+                np.copyto(planes[:, :, a:b, c0:c1], x[:, :, in_rows, _tap_slice(in_c0, c1 - c0, self.s)])
 
 
 class GlobalAveragePool(Step):
