@@ -788,20 +788,20 @@ class Im2col(Step):
     """
 
     def __init__(self, layer: ConvLayer, x: Value, cols: Value, padding: tuple[int, int, int, int],
-                 threads: int = 1):
-        """threads: the walkers that share its bands (one band each). With the stem, one band is as
-        fast: the second walker is still waking up, and the band is a hundred small copies."""
+                 itemsize: int, threads: int = 1):
         self.x, self.cols = x, cols
         self.reads, self.writes = (x,), (cols,)
         n, h, w, c = x.shape
-        _, h_out, w_out, _ = cols.shape
+        _, h_out, w_out, row_length = cols.shape
         self.k, self.s, self.d, self.top, self.height = layer.kernel_size, layer.stride, layer.dilation, padding[0], h
         # per tap (i, j): its first column in cols, and the tap_ranges of its rows and of its columns
         self.taps = [((i * self.k + j) * c, rows, columns)
                      for i, rows in enumerate(tap_ranges(h, h_out, self.k, self.s, self.d, padding[0]))
                      for j, columns in enumerate(tap_ranges(w, w_out, self.k, self.s, self.d, padding[2]))]
         self.channels, self.w_out = c, w_out
-        self.bands = _bands(h_out, -(-h_out // threads))                  # a band for every walker
+        # Bands of about GEMM_BAND_BYTES, not one per walker: each band is a hundred small copies, and
+        # (for the stem) the other walkers are still waking up.
+        self.bands = _bands(h_out, max(1, GEMM_BAND_BYTES // (n * w_out * row_length * itemsize)))
         self.segments = _segments(len(self.bands), threads)
 
     def needs(self, band):
@@ -941,7 +941,7 @@ class PlanBuilder:
         elif layer.groups == 1 and residual is None:
             k = layer.kernel_size
             cols = self.value((n, h_out, w_out, k * k * c), storage="planar")
-            self.add(Im2col(layer, x, cols, layer.padding(h, w)))
+            self.add(Im2col(layer, x, cols, layer.padding(h, w), self.dtype.itemsize, self.threads))
             weight, bias = self.folded(layer)
             # rows of the weight matrix in the order of cols' columns: (i, j, c)
             matrix = self._shared(("im2col", layer.name), lambda: np.ascontiguousarray(
