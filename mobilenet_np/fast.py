@@ -64,10 +64,6 @@ BAND_MIN_PIXELS = 256
 # that takes at most this many bytes: einsum then runs along (x, c) flattened, whole rows at a time,
 # instead of C values at a time (3x faster with C = 32; with large C the per-channel form is as fast).
 TILE_BYTES = 1024 * 1024
-# A matrix product with fewer output pixels than this per walker is shared out by output columns
-# (each walker multiplies by a slice of the weights) rather than by rows: BLAS runs a (28, 1024) @
-# (1024, 1024) product at 84 GFLOP/s, (49, 1024) @ (1024, 512) at ~100, (196, 512) @ (512, 512) at 150.
-GEMM_MIN_ROWS = 64
 # Plans kept per model (one per input shape and dtype), least recently used dropped first.
 MAX_PLANS = 2
 
@@ -183,7 +179,7 @@ class _Call:
         if i < self.finished or self.left[i] == 0:
             return True
         step = self.plan.steps[i]
-        if not step.bands or getattr(step, "columns", None):       # (column shares finish rows together)
+        if not step.bands:
             return False
         for k, (a, b) in enumerate(step.segments):
             first, last = step.bands[a][0], step.bands[b - 1][1]          # the segment's rows
@@ -542,11 +538,7 @@ class MatMul(Step):
         rows_per_band = max(1, GEMM_BAND_BYTES // (n * w * c_out * weight.itemsize))
         if threads > 1:
             rows_per_band = min(rows_per_band, -(-h // threads))      # a band for every walker
-        self.bands, self.columns = _bands(h, rows_per_band), None
-        if threads > 1 and n * h * w < threads * GEMM_MIN_ROWS:    # few pixels: share the columns instead
-            self.columns = _split(c_out, threads)
-            self.bands = [(0, h)] * len(self.columns)
-            self.weights = [np.ascontiguousarray(weight[:, a:b]) for a, b in self.columns]
+        self.bands = _bands(h, rows_per_band)
         self.segments = _segments(len(self.bands), threads)
 
     def needs(self, band):
@@ -556,17 +548,14 @@ class MatMul(Step):
 
     def run_band(self, views, walker, band, downward):
         start, stop = self.bands[band]
-        cols = slice(*self.columns[band]) if self.columns else slice(None)
-        weight = self.weights[band] if self.columns else self.weight
         n, c_out = self.out.shape[0], self.out.shape[-1]
         x = views[self.x][:, start:stop].reshape(n, -1, self.x.shape[-1])          # (N, rows*W, C_in)
-        y = views[self.out][:, start:stop].reshape(n, -1, c_out)[..., cols]        # (N, rows*W, C_out), a view
-        bias = views[self.bias].reshape(n, 1, c_out) if isinstance(self.bias, Value) else self.bias
-        np.matmul(x, weight, out=y)
-        np.add(y, bias[..., cols], out=y)
+        y = views[self.out][:, start:stop].reshape(n, -1, c_out)                   # (N, rows*W, C_out), a view
+        np.matmul(x, self.weight, out=y)
+        np.add(y, views[self.bias].reshape(n, 1, c_out) if isinstance(self.bias, Value) else self.bias, out=y)
         self.activation(y, y)
         if self.residual is not None:
-            np.add(y, views[self.residual][:, start:stop].reshape(n, -1, c_out)[..., cols], out=y)
+            np.add(y, views[self.residual][:, start:stop].reshape(n, -1, c_out), out=y)
 
 
 @dataclasses.dataclass
@@ -577,25 +566,12 @@ class Pointwise:
     bias: np.ndarray
     activation: Callable[[np.ndarray, np.ndarray], None]
 
-    def linear(self, x: np.ndarray, out: np.ndarray, part: int | None = None) -> None:
-        """out = x @ weight + bias: x (N, rows, W, C_in) -> out (N, rows, W, C_out), out contiguous per image.
-
-        With `part`, only the output columns columns[part] (see share_columns) are computed.
-        """
+    def linear(self, x: np.ndarray, out: np.ndarray) -> None:
+        """out = x @ weight + bias: x (N, rows, W, C_in) -> out (N, rows, W, C_out), out contiguous per image."""
         n, c_out = x.shape[0], out.shape[-1]
         y = out.reshape(n, -1, c_out)                                            # (N, rows*W, C_out)
-        weight, bias = self.weight, self.bias
-        if part is not None:
-            cols = slice(*self.columns[part])
-            y, weight, bias = y[..., cols], self.weights[part], bias[cols]
-        np.matmul(x.reshape(n, -1, x.shape[-1]), weight, out=y)
-        np.add(y, bias, out=y)
-
-    def share_columns(self, parts: int) -> list[tuple[int, int]]:
-        """Cut the output columns into `parts` ranges, with a contiguous copy of each weight slice."""
-        self.columns = _split(self.weight.shape[1], parts)
-        self.weights = [np.ascontiguousarray(self.weight[:, a:b]) for a, b in self.columns]
-        return self.columns
+        np.matmul(x.reshape(n, -1, x.shape[-1]), self.weight, out=y)
+        np.add(y, self.bias, out=y)
 
 
 @dataclasses.dataclass
@@ -650,13 +626,7 @@ class DepthwiseBlock(Step):
         rows_per_band = max(1, BAND_BYTES // (n * w_out * c * weight.itemsize), -(-BAND_MIN_PIXELS // (n * w_out)))
         if threads > 1:
             rows_per_band = min(rows_per_band, -(-h_out // threads))  # a band for every walker
-        self.bands, self.columns = _bands(h_out, rows_per_band), None
-        if threads > 1 and project is not None and expand is None and n * h_out * w_out < threads * GEMM_MIN_ROWS:
-            # Few pixels (MobileNetV1's last layers): every walker computes the whole (small) depthwise
-            # output, then a share of the projection's output columns.
-            rows_per_band = h_out
-            self.columns = project.share_columns(threads)
-            self.bands = [(0, h_out)] * threads
+        self.bands = _bands(h_out, rows_per_band)
         self.segments = _segments(len(self.bands), threads)
         padded = [self._padded_rows(y0, y1) for y0, y1 in self.bands]
         # Besides the rows of one band, the line buffer has room for twice the rows two bands share,
@@ -769,13 +739,11 @@ class DepthwiseBlock(Step):
         np.add(depthwise, self.bias, out=depthwise)
         self.activation(depthwise, depthwise)
         if self.project is not None:
-            cols = slice(*self.columns[band_index]) if self.columns else slice(None)
             y = out[:, y0:y1]
-            self.project.linear(depthwise, y, band_index if self.columns else None)
-            y = y[..., cols]
+            self.project.linear(depthwise, y)
             self.project.activation(y, y)
             if self.residual:
-                np.add(y, x[:, y0:y1, :, cols], out=y)
+                np.add(y, x[:, y0:y1], out=y)
 
 
 class Im2col(Step):

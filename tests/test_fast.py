@@ -53,18 +53,12 @@ def assert_outputs_close(ours, reference, rtol: float, what: str) -> None:
 
 
 @contextlib.contextmanager
-def tiny_bands(rows: int = 1, threads: int = 3, column_shares: bool = True):
-    """Cut even tiny layers into bands of `rows` rows on `threads` threads, so every splitting path runs.
-
-    column_shares: whether small matrix products are shared out by columns (GEMM_MIN_ROWS as set in
-    fast.py: most tiny layers qualify) or always by rows."""
-    saved = {name: getattr(fast, name) for name in ("BAND_BYTES", "BAND_MIN_PIXELS", "GEMM_BAND_BYTES",
-                                                     "GEMM_MIN_ROWS")}
+def tiny_bands(rows: int = 1, threads: int = 3):
+    """Cut even tiny layers into bands of `rows` rows on `threads` threads, so every splitting path runs."""
+    saved = {name: getattr(fast, name) for name in ("BAND_BYTES", "BAND_MIN_PIXELS", "GEMM_BAND_BYTES")}
     saved_threads = fast.get_num_threads()
     fast.BAND_BYTES, fast.GEMM_BAND_BYTES = 1, 64                 # bands of one row, a few pixels per GEMM band
     fast.BAND_MIN_PIXELS = rows                                    # ... or `rows` rows of a 1-pixel-wide image
-    if not column_shares:
-        fast.GEMM_MIN_ROWS = 0
     fast.set_num_threads(threads)
     try:
         yield
@@ -143,9 +137,9 @@ layer_geometries = st.fixed_dictionaries({
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(geometry=layer_geometries, batch=st.integers(1, 3), channels=st.integers(1, 12), height=st.integers(1, 11),
        width=st.integers(1, 11), float64=st.booleans(), pool=st.booleans(), tile=st.booleans(),
-       column_shares=st.booleans(), seed=st.integers(0, 2**16))
+       seed=st.integers(0, 2**16))
 def test_each_kernel_equals_the_readable_conv_layer(monkeypatch, geometry, batch, channels, height, width, float64,
-                                                    pool, tile, column_shares, seed):
+                                                    pool, tile, seed):
     """One ConvLayer through PlanBuilder.conv (Depthwise, MatMul or Im2col + MatMul) vs ConvLayer.__call__."""
     g = dict(geometry)
     depthwise = g.pop("depthwise")
@@ -159,7 +153,7 @@ def test_each_kernel_equals_the_readable_conv_layer(monkeypatch, geometry, batch
     params = {k: v.astype(dtype) for k, v in random_parameters(layer.parameter_shapes(), seed).items()}
     x = np.random.default_rng(seed).standard_normal((batch, channels, height, width)).astype(dtype)
 
-    with tiny_bands(column_shares=column_shares):
+    with tiny_bands():
         builder = fast.PlanBuilder(params, dtype, threads=fast.get_num_threads() if pool else 1)
         out = builder.conv(layer, builder.input(x.shape))
         plan = fast.Plan(builder.steps, builder.values, dtype, lambda views, context: fast._nchw(views[out]),
@@ -174,11 +168,11 @@ def test_each_kernel_equals_the_readable_conv_layer(monkeypatch, geometry, batch
        with_expand=st.booleans(), with_project=st.booleans(), residual=st.booleans(), batch=st.integers(1, 2),
        channels=st.integers(2, 6), expanded=st.integers(2, 9), height=st.integers(1, 14), width=st.integers(1, 9),
        rows=st.integers(1, 4), threads=st.integers(1, 3), meeting=st.none() | st.floats(0, 1),
-       column_shares=st.booleans(), float64=st.booleans(), seed=st.integers(0, 2**16))
+       float64=st.booleans(), seed=st.integers(0, 2**16))
 def test_depthwise_block_equals_its_layers_one_after_the_other(monkeypatch, kernel_size, stride, dilation, tf_padding,
                                                               with_expand, with_project, residual, batch, channels,
                                                               expanded, height, width, rows, threads, meeting,
-                                                              column_shares, float64, seed):
+                                                              float64, seed):
     """[expand ->] depthwise [-> project] [+ x], band by band with a line buffer, vs the readable layers.
 
     The bands are handed out by the real scheduler (meeting=None), or deterministically so that both
@@ -203,7 +197,7 @@ def test_depthwise_block_equals_its_layers_one_after_the_other(monkeypatch, kern
         expected = expected + x
     if meeting is not None:
         monkeypatch.setattr(fast, "_run_steps", walks_meeting_at(meeting))
-    with tiny_bands(rows, threads, column_shares):
+    with tiny_bands(rows, threads):
         builder = fast.PlanBuilder(params, dtype, threads)
         out = builder.depthwise_block(depthwise, builder.input(x.shape), expand, project, residual)
         assert [type(step) for step in builder.steps] == [fast.DepthwiseBlock]
@@ -235,10 +229,9 @@ def network_cases(draw):
 
 
 @settings(max_examples=60)
-@given(case=network_cases(), small_bands=st.sampled_from([None, "rows", "columns"]), seed=st.integers(0, 2**16))
+@given(case=network_cases(), small_bands=st.booleans(), seed=st.integers(0, 2**16))
 def test_fast_path_equals_readable_path_and_transformers(case, small_bands, seed):
-    """The default call (the fast path), with its usual bands or with bands of one row on 3 threads
-    (small matrix products shared by rows, or by columns where they qualify)."""
+    """The default call (the fast path), with its usual bands or with bands of one row on 3 threads."""
     architecture, config, shape, dtype = case
     torch_model = random_transformers_model(architecture, seed, **config)
     model = numpy_twin(torch_model, architecture)
@@ -247,7 +240,7 @@ def test_fast_path_equals_readable_path_and_transformers(case, small_bands, seed
     x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
     rtol = FLOAT64_RTOL if dtype == np.float64 else FLOAT32_RTOL
 
-    with tiny_bands(column_shares=small_bands == "columns") if small_bands else contextlib.nullcontext():
+    with tiny_bands() if small_bands else contextlib.nullcontext():
         ours = model(x, output_hidden_states=True)                  # the default call: the fast path
         without_hidden_states = model(x)                            # (MobileNetV1 fuses more without them)
     for name in without_hidden_states.keys():
@@ -297,15 +290,15 @@ def random_interleaving(seed: int):
 @settings(max_examples=60, deadline=None)
 @given(architecture=st.sampled_from(["MobileNetV1ForImageClassification", "MobileNetV2ForImageClassification",
                                      "MobileNetV2ForSemanticSegmentation"]),
-       hidden_states=st.booleans(), threads=st.integers(2, 4), column_shares=st.booleans(),
+       hidden_states=st.booleans(), threads=st.integers(2, 4),
        shape=st.tuples(st.integers(1, 2), st.just(3), st.integers(9, 40), st.integers(9, 40)),
        seed=st.integers(0, 2**16))
-def test_walkers_read_only_rows_already_written(architecture, hidden_states, threads, column_shares, shape, seed):
+def test_walkers_read_only_rows_already_written(architecture, hidden_states, threads, shape, seed):
     """Every step's `needs` and the arena's slot lifetimes, over random interleavings of the walkers."""
     model = small_model(architecture)
     x = pixels(seed, shape)
     expected = model(x, output_hidden_states=hidden_states, fast=False)
-    with tiny_bands(rows=1, threads=threads, column_shares=column_shares):
+    with tiny_bands(rows=1, threads=threads):
         plan = fast.build_plan(model, x.shape, np.float32, hidden_states)
         fast_run_steps, fast._run_steps = fast._run_steps, random_interleaving(seed)
         try:
