@@ -64,6 +64,10 @@ BAND_MIN_PIXELS = 256
 # that takes at most this many bytes: einsum then runs along (x, c) flattened, whole rows at a time,
 # instead of C values at a time (3x faster with C = 32; with large C the per-channel form is as fast).
 TILE_BYTES = 1024 * 1024
+# With several walkers, a block on a map of fewer than this many rows per walker is shared out by
+# channels rather than by rows, when it can be (see DepthwiseBlock): splitting 14 rows in two, each
+# half would also expand the row next to it (14% more work) with half as many rows per product.
+CHANNEL_SHARE_ROWS = 8
 # Plans kept per model (one per input shape and dtype), least recently used dropped first.
 MAX_PLANS = 2
 
@@ -179,7 +183,7 @@ class _Call:
         if i < self.finished or self.left[i] == 0:
             return True
         step = self.plan.steps[i]
-        if not step.bands:
+        if not step.bands or step.shares_channels:         # (then rows are done when the step is)
             return False
         for k, (a, b) in enumerate(step.segments):
             first, last = step.bands[a][0], step.bands[b - 1][1]          # the segment's rows
@@ -391,6 +395,7 @@ class Step:
     scratch_values: int = 0         # per-walker scratch this step needs (in values of the plan's dtype)
     bands: list[tuple[int, int]] = []       # output rows of each band ([]: the step runs whole)
     segments: list[tuple[int, int]] = []    # the bands cut into one range per pair of walkers (_segments)
+    shares_channels = False                 # True: each band writes some channels of every row
 
     def needs(self, band: int) -> list[tuple[Value, int, int]]:
         """(value, start, stop): the rows [start, stop) of values that band `band` reads."""
@@ -538,7 +543,11 @@ class MatMul(Step):
         rows_per_band = max(1, GEMM_BAND_BYTES // (n * w * c_out * weight.itemsize))
         if threads > 1:
             rows_per_band = min(rows_per_band, -(-h // threads))      # a band for every walker
-        self.bands = _bands(h, rows_per_band)
+        self.bands, self.channels = _bands(h, rows_per_band), None
+        if threads > 1 and h < CHANNEL_SHARE_ROWS * threads:       # a small map: shared by output channels
+            self.shares_channels, self.channels = True, _split(c_out, threads)
+            self.bands = [(0, h)] * len(self.channels)
+            self.shares = [np.ascontiguousarray(weight[:, a:b]) for a, b in self.channels]
         self.segments = _segments(len(self.bands), threads)
 
     def needs(self, band):
@@ -548,14 +557,16 @@ class MatMul(Step):
 
     def run_band(self, views, walker, band, downward):
         start, stop = self.bands[band]
+        channels = slice(*self.channels[band]) if self.channels else slice(None)      # (this walker's share)
         n, c_out = self.out.shape[0], self.out.shape[-1]
         x = views[self.x][:, start:stop].reshape(n, -1, self.x.shape[-1])          # (N, rows*W, C_in)
-        y = views[self.out][:, start:stop].reshape(n, -1, c_out)                   # (N, rows*W, C_out), a view
-        np.matmul(x, self.weight, out=y)
-        np.add(y, views[self.bias].reshape(n, 1, c_out) if isinstance(self.bias, Value) else self.bias, out=y)
+        y = views[self.out][:, start:stop].reshape(n, -1, c_out)[..., channels]    # (N, rows*W, C_out), a view
+        bias = views[self.bias].reshape(n, 1, c_out) if isinstance(self.bias, Value) else self.bias
+        np.matmul(x, self.shares[band] if self.channels else self.weight, out=y)
+        np.add(y, bias[..., channels], out=y)
         self.activation(y, y)
         if self.residual is not None:
-            np.add(y, views[self.residual][:, start:stop].reshape(n, -1, c_out), out=y)
+            np.add(y, views[self.residual][:, start:stop].reshape(n, -1, c_out)[..., channels], out=y)
 
 
 @dataclasses.dataclass
@@ -566,12 +577,14 @@ class Pointwise:
     bias: np.ndarray
     activation: Callable[[np.ndarray, np.ndarray], None]
 
-    def linear(self, x: np.ndarray, out: np.ndarray) -> None:
-        """out = x @ weight + bias: x (N, rows, W, C_in) -> out (N, rows, W, C_out), out contiguous per image."""
+    def linear(self, x: np.ndarray, out: np.ndarray, weight: np.ndarray | None = None,
+               bias: np.ndarray | None = None) -> None:
+        """out = x @ weight + bias: x (N, rows, W, C_in) -> out (N, rows, W, C_out), whose rows and pixels
+        are one axis (a reshape of it is a view). `weight`, `bias`: some columns of the layer's, instead."""
         n, c_out = x.shape[0], out.shape[-1]
         y = out.reshape(n, -1, c_out)                                            # (N, rows*W, C_out)
-        np.matmul(x.reshape(n, -1, x.shape[-1]), self.weight, out=y)
-        np.add(y, self.bias, out=y)
+        np.matmul(x.reshape(n, -1, x.shape[-1]), self.weight if weight is None else weight, out=y)
+        np.add(y, self.bias if bias is None else bias, out=y)
 
 
 @dataclasses.dataclass
@@ -610,8 +623,14 @@ class DepthwiseBlock(Step):
 
     def __init__(self, layer: ConvLayer, x: Value, out: Value, weight: np.ndarray, bias: np.ndarray, flat: bool,
                  padding: tuple[int, int, int, int], expand: Pointwise | None = None,
-                 project: Pointwise | None = None, residual: bool = False, threads: int = 1):
-        """weight: (k, k, C), or with `flat` (k, k, W_out * C) (see PlanBuilder.depthwise_weights)."""
+                 project: Pointwise | None = None, residual: bool = False, threads: int = 1,
+                 share_channels: bool = False):
+        """weight: (k, k, C), or with `flat` (k, k, W_out * C) (see PlanBuilder.depthwise_weights).
+
+        share_channels (with an expand layer, without a project layer, not flat): one band per walker,
+        each the whole map for a share of the depthwise channels: its expand columns, depthwise weights
+        and output channels.
+        """
         self.x, self.out, self.bias, self.expand, self.project, self.residual = x, out, bias, expand, project, residual
         self.reads, self.writes = (x,), (out,)
         self.activation = _activation(layer.activation, weight.dtype)
@@ -626,7 +645,13 @@ class DepthwiseBlock(Step):
         rows_per_band = max(1, BAND_BYTES // (n * w_out * c * weight.itemsize), -(-BAND_MIN_PIXELS // (n * w_out)))
         if threads > 1:
             rows_per_band = min(rows_per_band, -(-h_out // threads))  # a band for every walker
-        self.bands = _bands(h_out, rows_per_band)
+        self.bands, self.channels = _bands(h_out, rows_per_band), None
+        if share_channels:
+            self.shares_channels, self.channels, rows_per_band = True, _split(c, threads), h_out
+            self.bands = [(0, h_out)] * len(self.channels)
+            self.shares = [(np.ascontiguousarray(expand.weight[:, a:b]), expand.bias[a:b], weight[:, :, a:b].copy(),
+                            bias[a:b]) for a, b in self.channels]
+            c = max(b - a for a, b in self.channels)            # the line buffer's channels
         self.segments = _segments(len(self.bands), threads)
         padded = [self._padded_rows(y0, y1) for y0, y1 in self.bands]
         # Besides the rows of one band, the line buffer has room for twice the rows two bands share,
@@ -641,7 +666,7 @@ class DepthwiseBlock(Step):
                 bands, held = (self.down, self.up)[not downward], None
                 for i in walk:
                     bands[i] = self._band(held, padded[i], downward)
-                    held = (bands[i].origin, padded[i])
+                    held = (bands[i].origin, padded[i]) if not self.channels else None   # (another share)
         # the input rows each band reads (its padded rows, less the padding)
         self.input_rows = [(max(0, a - top), min(h, b - top)) for a, b in padded]
         self.buffer_shape = (n, self.buffer_rows, self.left + w + right, c)      # padded input rows
@@ -692,13 +717,13 @@ class DepthwiseBlock(Step):
         """A thread's line buffer, expand output and (when projected) depthwise band, from its scratch."""
         return [flat[start:stop].reshape(shape) for start, stop, shape in self.scratch_parts]
 
-    def _windows(self, buffer: np.ndarray, first: int, rows: int) -> np.ndarray:
+    def _windows(self, buffer: np.ndarray, first: int, rows: int, channels: int | None = None) -> np.ndarray:
         """The depthwise layer's input windows of `rows` output rows, read from buffer row `first`.
 
         (N, rows, W_out, C, k, k), or with `flat` weights (N, rows, W_out * C, k, k):
         windows[n, y, x, c, i, j] = buffer[n, first + y*s + i*d, x*s + j*d, c]
         """
-        n, _, _, c = buffer.shape
+        n, c = buffer.shape[0], channels or buffer.shape[-1]          # (a share: the first `channels`)
         batch, row, column, item = buffer.strides
         s, d = self.s, self.d
         if self.flat:       # stride 1: (x, c) flattened is one axis of unit stride
@@ -718,6 +743,11 @@ class DepthwiseBlock(Step):
         buffer, expanded, *band_out = self._scratch(views["scratch"][walker])
         band = (self.down if downward else self.up)[band_index]
         y0, y1 = self.bands[band_index]
+        weight, bias, expand_weight, expand_bias, channels = self.weight, self.bias, None, None, slice(None)
+        if self.channels:                                   # this walker's share of the channels
+            channels = slice(*self.channels[band_index])
+            expand_weight, expand_bias, weight, bias = self.shares[band_index]
+            whole_buffer, buffer, expanded = buffer, buffer[..., : bias.size], expanded[..., : bias.size]
         if band.keep is not None:
             np.copyto(buffer[:, band.keep[1]], buffer[:, band.keep[0]])
         for rows in band.zeros:
@@ -730,13 +760,15 @@ class DepthwiseBlock(Step):
                 np.copyto(interior, x[:, x_rows])
             else:
                 linear = expanded[:, : rows.stop - rows.start]
-                self.expand.linear(x[:, x_rows], linear)
+                self.expand.linear(x[:, x_rows], linear, expand_weight, expand_bias)
                 self.expand.activation(linear, interior)
-        depthwise = band_out[0][:, : y1 - y0] if self.project is not None else out[:, y0:y1]
+        depthwise = band_out[0][:, : y1 - y0] if self.project is not None else out[:, y0:y1, :, channels]
         target = depthwise.reshape(depthwise.shape[0], y1 - y0, -1) if self.flat else depthwise
         subscripts = "nyfij,ijf->nyf" if self.flat else "nyxcij,ijc->nyxc"
-        np.einsum(subscripts, self._windows(buffer, y0 * self.s - band.origin, y1 - y0), self.weight, out=target)
-        np.add(depthwise, self.bias, out=depthwise)
+        windows = (self._windows(whole_buffer, y0 * self.s - band.origin, y1 - y0, bias.size) if self.channels
+                   else self._windows(buffer, y0 * self.s - band.origin, y1 - y0))
+        np.einsum(subscripts, windows, weight, out=target)
+        np.add(depthwise, bias, out=depthwise)
         self.activation(depthwise, depthwise)
         if self.project is not None:
             y = out[:, y0:y1]
@@ -863,12 +895,13 @@ class PlanBuilder:
         weight, bias = self.folded(layer)
         return self._shared(("gemm", layer.name), lambda: _gemm_weight(weight)), bias
 
-    def depthwise_weights(self, layer: ConvLayer, w_out: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    def depthwise_weights(self, layer: ConvLayer, w_out: int, may_flatten: bool = True
+                          ) -> tuple[np.ndarray, np.ndarray, bool]:
         """A depthwise layer's (weights, bias, flat) as DepthwiseBlock uses them: weights (k, k, C), or,
         `flat` (stride 1, small enough: TILE_BYTES), (k, k, W_out * C), each tap's repeated along the row."""
         weight, bias = self.folded(layer)
         k, c = layer.kernel_size, layer.in_channels
-        flat = layer.stride == 1 and k * k * c * w_out * self.dtype.itemsize <= TILE_BYTES
+        flat = may_flatten and layer.stride == 1 and k * k * c * w_out * self.dtype.itemsize <= TILE_BYTES
 
         def prepare():
             taps = np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0))           # (k, k, C)
@@ -948,8 +981,12 @@ class PlanBuilder:
         out = self.value((n, h_out, w_out, (project or depthwise).out_channels))
         if residual and out.shape != x.shape:
             raise ValueError(f"fast path: residual of shape {x.shape} cannot be added to {out.shape}")
-        self.add(DepthwiseBlock(depthwise, x, out, *self.depthwise_weights(depthwise, w_out), depthwise.padding(h, w),
-                                self.pointwise(expand), self.pointwise(project), residual, self.threads))
+        # Small maps whose block ends with the depthwise layer (MobileNetV1's) are shared by channels.
+        share_channels = (self.threads > 1 and expand is not None and project is None
+                          and h_out < CHANNEL_SHARE_ROWS * self.threads)
+        self.add(DepthwiseBlock(depthwise, x, out, *self.depthwise_weights(depthwise, w_out, not share_channels),
+                                depthwise.padding(h, w), self.pointwise(expand), self.pointwise(project), residual,
+                                self.threads, share_channels))
         return out
 
     def global_avg_pool(self, x: Value) -> Value:
