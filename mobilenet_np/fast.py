@@ -17,17 +17,19 @@ given, `fast=False` is passed or `model.reference` is True.
    of output rows at a time (`DepthwiseBlock`): the expanded rows a band needs go to a small
    per-thread line buffer that also holds the zero padding, the band is convolved and projected
    straight into the output rows. The expanded and depthwise tensors are never stored whole, and a
-   band stays in cache from one layer to the next. (The stem's convolution gathers its patches
-   with the padding left implicit: `tap_ranges`, `Im2col`.)
+   band stays in cache from one layer to the next. MobileNetV1 runs the same way, each pointwise
+   layer as the "expand" of the depthwise layer after it. (The stem's convolution gathers its
+   patches with the padding left implicit: `tap_ranges`, `Im2col`.)
 4. Every activation lives in a preallocated arena, reused from layer to layer and from call to call
    (`allocate_slots`); ufuncs write in place with out=, outputs are copied out at the end.
-5. Threads (`set_num_threads`): big layers share their bands out to a thread pool (NumPy releases
-   the GIL inside ufuncs, einsum and matrix products), handed out from both ends so that a late
-   thread just gets fewer (`_run_bands`); small layers stay on one thread, as threads pay for every
-   NumPy call they make (PARALLEL_BAND_NS). When threadpoolctl is installed, BLAS is set to one
-   thread (`_set_blas_threads`): BLAS worker threads spin for about 100 ms after each product and
-   would fight the pool (and anything else) for the cores. Without threadpoolctl there is no pool
-   and BLAS threads each product itself.
+5. Threads (`set_num_threads`; NumPy releases the GIL inside ufuncs, einsum and matrix products):
+   every thread walks through all the steps (`_Call`), one from the top of each layer down, one
+   from the bottom up, and waits only for the rows a band reads, so the threads meet where their
+   rows touch instead of at a barrier after every layer (each barrier costs a wake-up of a
+   sleeping thread). Small maps are shared by channels instead of rows (CHANNEL_SHARE_ROWS). When
+   threadpoolctl is installed, BLAS is set to one thread (`_set_blas_threads`): BLAS worker threads
+   spin for about 100 ms after each product and would fight the walkers (and anything else) for
+   the cores. Without threadpoolctl there is one walker and BLAS threads each product itself.
 
 The plan (`Plan`) is built from the model's own layer descriptions (ConvLayer fields,
 InvertedResidual.use_residual, the DeepLab head's layers), so it cannot drift from the readable path.
