@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -70,6 +71,8 @@ TILE_BYTES = 1024 * 1024
 # channels rather than by rows, when it can be (see DepthwiseBlock): splitting 14 rows in two, each
 # half would also expand the row next to it (14% more work) with half as many rows per product.
 CHANNEL_SHARE_ROWS = 8
+# A walker that must wait polls this long before it sleeps on a lock (_Call._wait).
+SPIN_SECONDS = 300e-6
 # Plans kept per model (one per input shape and dtype), least recently used dropped first.
 MAX_PLANS = 2
 
@@ -201,6 +204,13 @@ class _Call:
     def _wait(self, ready: Callable[[], bool]) -> None:
         if ready():                              # (the usual case: no lock, no wait)
             return
+        # Poll for a while first (time.sleep(0) lets the GIL go each time): most waits are for a band
+        # the other walker is about to finish, and a thread asleep on a lock takes 50-70 us to wake up.
+        deadline = time.perf_counter() + SPIN_SECONDS
+        while time.perf_counter() < deadline:
+            time.sleep(0)
+            if ready():
+                return
         with self.changed:
             while not ready():
                 if self.error is not None:
@@ -266,9 +276,8 @@ class _Call:
             for walker in range(1, walkers):
                 _executor.submit(self.walk, walker)
         self.walk(0)
+        self._wait(lambda: self.finished == len(self.left) or self.error is not None)
         with self.changed:
-            while self.finished < len(self.left) and self.error is None:
-                self.changed.wait()
             while self.error is not None and self.walking > 0:    # the arena is free once they are out
                 self.changed.wait()
         if self.error is not None:
@@ -651,9 +660,12 @@ class DepthwiseBlock(Step):
         if share_channels:
             self.shares_channels, self.channels, rows_per_band = True, _split(c, threads), h_out
             self.bands = [(0, h_out)] * len(self.channels)
-            self.shares = [(np.ascontiguousarray(expand.weight[:, a:b]), expand.bias[a:b], weight[:, :, a:b].copy(),
-                            bias[a:b]) for a, b in self.channels]
             c = max(b - a for a, b in self.channels)            # the line buffer's channels
+            # each share's depthwise weights: (k, k, C_share), or flat (repeated along the row, as
+            # PlanBuilder.depthwise_weights does) when small enough and stride 1
+            self.flat = self.s == 1 and weight.size * w_out * weight.itemsize <= TILE_BYTES
+            self.shares = [(np.ascontiguousarray(expand.weight[:, a:b]), expand.bias[a:b],
+                            self._share_taps(weight[:, :, a:b], w_out), bias[a:b]) for a, b in self.channels]
         self.segments = _segments(len(self.bands), threads)
         padded = [self._padded_rows(y0, y1) for y0, y1 in self.bands]
         # Besides the rows of one band, the line buffer has room for twice the rows two bands share,
@@ -674,7 +686,7 @@ class DepthwiseBlock(Step):
         self.buffer_shape = (n, self.buffer_rows, self.left + w + right, c)      # padded input rows
         self.expanded_shape = (n, span, w, c) if expand is not None else (0,)   # expand output, pre-activation
         self.band_shape = (n, min(rows_per_band, h_out), w_out, c)              # depthwise output, when projected
-        shapes = (self.buffer_shape, self.expanded_shape) + ((self.band_shape,) if project is not None else ())
+        shapes = (self.buffer_shape, self.expanded_shape) + ((self.band_shape,) if project or self.channels else ())
         sizes = [int(np.prod(shape)) for shape in shapes]
         ends = np.cumsum(sizes).tolist()
         self.scratch_parts = [(end - size, end, shape) for size, end, shape in zip(sizes, ends, shapes)]
@@ -715,17 +727,26 @@ class DepthwiseBlock(Step):
                 fills.append((slice(f0 - self.top, f1 - self.top), slice(f0 - origin, f1 - origin)))
         return Band(origin, keep, zeros, fills)
 
-    def _scratch(self, flat: np.ndarray) -> list[np.ndarray]:
-        """A thread's line buffer, expand output and (when projected) depthwise band, from its scratch."""
-        return [flat[start:stop].reshape(shape) for start, stop, shape in self.scratch_parts]
+    def _scratch(self, flat: np.ndarray, channels: int | None = None) -> list[np.ndarray]:
+        """A thread's line buffer, expand output and (when projected or shared by channels) depthwise
+        band, from its scratch; with `channels`, each for that many channels (contiguous)."""
+        return [flat[start: start + int(np.prod(shape[:-1])) * (channels or shape[-1])].reshape(
+                    shape[:-1] + (channels or shape[-1],)) for start, stop, shape in self.scratch_parts]
 
-    def _windows(self, buffer: np.ndarray, first: int, rows: int, channels: int | None = None) -> np.ndarray:
+    def _share_taps(self, taps: np.ndarray, w_out: int) -> np.ndarray:
+        """(k, k, C_share) depthwise weights, flat when self.flat: (k, k, W_out * C_share)."""
+        if not self.flat:
+            return np.ascontiguousarray(taps)
+        k, c = taps.shape[0], taps.shape[-1]
+        return np.ascontiguousarray(np.broadcast_to(taps[:, :, None, :], (k, k, w_out, c))).reshape(k, k, w_out * c)
+
+    def _windows(self, buffer: np.ndarray, first: int, rows: int) -> np.ndarray:
         """The depthwise layer's input windows of `rows` output rows, read from buffer row `first`.
 
         (N, rows, W_out, C, k, k), or with `flat` weights (N, rows, W_out * C, k, k):
         windows[n, y, x, c, i, j] = buffer[n, first + y*s + i*d, x*s + j*d, c]
         """
-        n, c = buffer.shape[0], channels or buffer.shape[-1]          # (a share: the first `channels`)
+        n, _, _, c = buffer.shape
         batch, row, column, item = buffer.strides
         s, d = self.s, self.d
         if self.flat:       # stride 1: (x, c) flattened is one axis of unit stride
@@ -742,14 +763,12 @@ class DepthwiseBlock(Step):
     def run_band(self, views, walker, band_index, downward):
         x, out = views[self.x], views[self.out]
         left, width = self.left, self.width
-        buffer, expanded, *band_out = self._scratch(views["scratch"][walker])
         band = (self.down if downward else self.up)[band_index]
         y0, y1 = self.bands[band_index]
-        weight, bias, expand_weight, expand_bias, channels = self.weight, self.bias, None, None, slice(None)
+        weight, bias, expand_weight, expand_bias = self.weight, self.bias, None, None
         if self.channels:                                   # this walker's share of the channels
-            channels = slice(*self.channels[band_index])
             expand_weight, expand_bias, weight, bias = self.shares[band_index]
-            whole_buffer, buffer, expanded = buffer, buffer[..., : bias.size], expanded[..., : bias.size]
+        buffer, expanded, *band_out = self._scratch(views["scratch"][walker], bias.size if self.channels else None)
         if band.keep is not None:
             np.copyto(buffer[:, band.keep[1]], buffer[:, band.keep[0]])
         for rows in band.zeros:
@@ -764,13 +783,16 @@ class DepthwiseBlock(Step):
                 linear = expanded[:, : rows.stop - rows.start]
                 self.expand.linear(x[:, x_rows], linear, expand_weight, expand_bias)
                 self.expand.activation(linear, interior)
-        depthwise = band_out[0][:, : y1 - y0] if self.project is not None else out[:, y0:y1, :, channels]
+        # the depthwise output: straight into the output rows, or into the band buffer (to be projected,
+        # or, for a share of the channels, to be put into its channels of the output)
+        depthwise = band_out[0][:, : y1 - y0] if band_out else out[:, y0:y1]
         target = depthwise.reshape(depthwise.shape[0], y1 - y0, -1) if self.flat else depthwise
         subscripts = "nyfij,ijf->nyf" if self.flat else "nyxcij,ijc->nyxc"
-        windows = (self._windows(whole_buffer, y0 * self.s - band.origin, y1 - y0, bias.size) if self.channels
-                   else self._windows(buffer, y0 * self.s - band.origin, y1 - y0))
-        np.einsum(subscripts, windows, weight, out=target)
+        np.einsum(subscripts, self._windows(buffer, y0 * self.s - band.origin, y1 - y0), weight, out=target)
         np.add(depthwise, bias, out=depthwise)
+        if self.channels:
+            self.activation(depthwise, out[:, y0:y1, :, slice(*self.channels[band_index])])
+            return
         self.activation(depthwise, depthwise)
         if self.project is not None:
             y = out[:, y0:y1]
