@@ -115,6 +115,18 @@ def test_allocate_slots_never_shares_a_slot_between_live_values(lifetimes):
     assert sum(sizes) <= sum(v.size for v in values)
 
 
+def test_c_entry_points_compute_exactly_what_np_clip_and_np_einsum_do():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 7, 3)).astype(np.float32) * 8
+    ours, public = np.empty_like(x), np.empty_like(x)
+    fast._clip(x, np.float32(0), np.float32(6), out=ours)
+    np.clip(x, np.float32(0), np.float32(6), out=public)
+    np.testing.assert_array_equal(ours, public)
+    windows, weights = rng.standard_normal((2, 4, 21, 3, 3)), rng.standard_normal((3, 3, 21))
+    np.testing.assert_array_equal(fast._einsum("nyfij,ijf->nyf", windows, weights),
+                                  np.einsum("nyfij,ijf->nyf", windows, weights))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_folded_batch_norm_equals_conv_then_batch_norm(dtype):
     layer = ConvLayer("layer", 6, 5, 3, stride=2, bias=True, norm_eps=1e-3, activation=None, tf_padding=True)
