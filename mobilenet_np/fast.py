@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import os
 import threading
 import time
@@ -710,6 +711,7 @@ class DepthwiseBlock(Step):
         sizes = [int(np.prod(shape)) for shape in shapes]
         ends = np.cumsum(sizes).tolist()
         self.scratch_parts = [(end - size, end, shape) for size, end, shape in zip(sizes, ends, shapes)]
+        self._layouts: dict = {}
         self.scratch_values = ends[-1]
 
     def _padded_rows(self, first_row: int, stop_row: int) -> tuple[int, int]:
@@ -750,8 +752,12 @@ class DepthwiseBlock(Step):
     def _scratch(self, flat: np.ndarray, channels: int | None = None) -> list[np.ndarray]:
         """A thread's line buffer, expand output and (when projected or shared by channels) depthwise
         band, from its scratch; with `channels`, each for that many channels (contiguous)."""
-        return [flat[start: start + int(np.prod(shape[:-1])) * (channels or shape[-1])].reshape(
-                    shape[:-1] + (channels or shape[-1],)) for start, stop, shape in self.scratch_parts]
+        layout = self._layouts.get(channels)
+        if layout is None:               # (start, stop, shape) of each part, computed once per channel count
+            layout = self._layouts[channels] = [
+                (start, start + math.prod(shape[:-1]) * (channels or shape[-1]), shape[:-1] + (channels or shape[-1],))
+                for start, _, shape in self.scratch_parts]
+        return [flat[start:stop].reshape(shape) for start, stop, shape in layout]
 
     def _share_taps(self, taps: np.ndarray, w_out: int) -> np.ndarray:
         """(k, k, C_share) depthwise weights, flat when self.flat: (k, k, W_out * C_share)."""
