@@ -202,6 +202,7 @@ class _Call:
         self.finished = 0                                                # steps [0, finished) are done
         self.error: BaseException | None = None
         self.walking = 0                                                 # walkers inside walk()
+        self.sleeping = 0                                                # walkers waiting on `changed`
 
     def _rows_ready(self, value: "Value", start: int, stop: int) -> bool:
         """Whether rows [start, stop) of `value` are written (its step's bands from either end)."""
@@ -233,10 +234,14 @@ class _Call:
             if ready():
                 return
         with self.changed:
-            while not ready():
-                if self.error is not None:
-                    raise _Abort
-                self.changed.wait()
+            self.sleeping += 1
+            try:
+                while not ready():
+                    if self.error is not None:
+                        raise _Abort
+                    self.changed.wait()
+            finally:
+                self.sleeping -= 1
 
     def _done(self, i: int, segment: int | None = None, band: int | None = None, downward: bool = True) -> None:
         with self.changed:
@@ -248,7 +253,8 @@ class _Call:
             self.left[i] -= 1
             while self.finished < len(self.left) and self.left[self.finished] == 0:
                 self.finished += 1
-            self.changed.notify_all()
+            if self.sleeping:
+                self.changed.notify_all()
 
     def steps_of(self, walker: int):
         """Walker `walker`'s share of every step, as a generator that yields a condition (a function
@@ -711,7 +717,6 @@ class DepthwiseBlock(Step):
         sizes = [int(np.prod(shape)) for shape in shapes]
         ends = np.cumsum(sizes).tolist()
         self.scratch_parts = [(end - size, end, shape) for size, end, shape in zip(sizes, ends, shapes)]
-        self._layouts: dict = {}
         self.scratch_values = ends[-1]
 
     def _padded_rows(self, first_row: int, stop_row: int) -> tuple[int, int]:
@@ -749,15 +754,17 @@ class DepthwiseBlock(Step):
                 fills.append((slice(f0 - self.top, f1 - self.top), slice(f0 - origin, f1 - origin)))
         return Band(origin, keep, zeros, fills)
 
-    def _scratch(self, flat: np.ndarray, channels: int | None = None) -> list[np.ndarray]:
-        """A thread's line buffer, expand output and (when projected or shared by channels) depthwise
-        band, from its scratch; with `channels`, each for that many channels (contiguous)."""
-        layout = self._layouts.get(channels)
-        if layout is None:               # (start, stop, shape) of each part, computed once per channel count
-            layout = self._layouts[channels] = [
-                (start, start + math.prod(shape[:-1]) * (channels or shape[-1]), shape[:-1] + (channels or shape[-1],))
-                for start, _, shape in self.scratch_parts]
-        return [flat[start:stop].reshape(shape) for start, stop, shape in layout]
+    def _scratch(self, views: dict, walker: int, channels: int | None = None) -> list[np.ndarray]:
+        """The walker's line buffer, expand output and (when projected or shared by channels) depthwise
+        band, in its scratch; with `channels`, each for that many channels (contiguous). Made once per
+        arena (kept in `views`)."""
+        parts = views.get((self, walker, channels))
+        if parts is None:
+            flat = views["scratch"][walker]
+            parts = views[(self, walker, channels)] = [
+                flat[start: start + math.prod(shape[:-1]) * (channels or shape[-1])].reshape(
+                    shape[:-1] + (channels or shape[-1],)) for start, _, shape in self.scratch_parts]
+        return parts
 
     def _share_taps(self, taps: np.ndarray, w_out: int) -> np.ndarray:
         """(k, k, C_share) depthwise weights, flat when self.flat: (k, k, W_out * C_share)."""
@@ -794,7 +801,7 @@ class DepthwiseBlock(Step):
         weight, bias, expand_weight, expand_bias = self.weight, self.bias, None, None
         if self.channels:                                   # this walker's share of the channels
             expand_weight, expand_bias, weight, bias = self.shares[band_index]
-        buffer, expanded, *band_out = self._scratch(views["scratch"][walker], bias.size if self.channels else None)
+        buffer, expanded, *band_out = self._scratch(views, walker, bias.size if self.channels else None)
         if band.keep is not None:
             np.copyto(buffer[:, band.keep[1]], buffer[:, band.keep[0]])
         for rows in band.zeros:
