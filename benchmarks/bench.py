@@ -11,7 +11,7 @@ What it does, in one process:
     statistics, as the tests do) and copies the weights into mobilenet_np; ONNX Runtime gets the same
     model through torch.onnx.export (when onnxruntime is installed);
   * gives every engine the same number of threads (--threads, default 2): torch.set_num_threads,
-    mobilenet_np.fast.set_num_threads (its pool; BLAS runs one thread per pool thread), ORT
+    mobilenet_np.fast.set_num_threads (its walkers; BLAS on one thread each), ORT
     intra_op_num_threads;
   * times the engines interleaved (A B C, B C A, C A B, ... so each follows each other equally
     often), with a short pause between runs so that spinning worker threads of the previous engine
