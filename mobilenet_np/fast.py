@@ -261,13 +261,15 @@ class _Call:
 
     def steps_of(self, walker: int):
         """Walker `walker`'s share of every step, as a generator that yields a condition (a function
-        returning True once the walker may go on) before each point where it may have to wait."""
+        returning True once the walker may go on) wherever it has to wait."""
         segment, downward = walker // 2, walker % 2 == 0
         for i, step in enumerate(self.plan.steps):
-            yield lambda: self.finished >= i - 1
+            if self.finished < i - 1:
+                yield lambda: self.finished >= i - 1
             if not step.bands:
                 if walker == 0:
-                    yield lambda: all(self.finished > v.written for v in step.reads)
+                    if not all(self.finished > v.written for v in step.reads):
+                        yield lambda: all(self.finished > v.written for v in step.reads)
                     step.run(self.views, self.context)
                     self._done(i)
                 continue
@@ -276,7 +278,8 @@ class _Call:
             fronts = self.fronts[i][segment]
             while (band := fronts.take(downward)) is not None:
                 for value, start, stop in step.needs(band):
-                    yield lambda: self._rows_ready(value, start, stop)
+                    if not self._rows_ready(value, start, stop):
+                        yield lambda: self._rows_ready(value, start, stop)
                 step.run_band(self.views, walker, band, downward)
                 self._done(i, segment, band, downward)
 
@@ -286,9 +289,9 @@ class _Call:
             self.walking += 1
         try:
             for condition in self.steps_of(walker):
+                self._wait(condition)
                 if self.error is not None:
                     return
-                self._wait(condition)
         except BaseException as error:         # noqa: BLE001 -- handed to walker 0, which re-raises it
             with self.changed:
                 self.error = self.error or error

@@ -276,8 +276,8 @@ def test_published_sizes_match_transformers(architecture, config, size):
 
 def random_interleaving(seed: int):
     """A stand-in for fast._run_steps: the walkers' generators (_Call.steps_of) driven on this thread,
-    each time one walker chosen at random among those whose condition holds, and the arena filled
-    with NaN first. A band that reads rows its `needs` did not declare, or a slot reused while a
+    each time one walker, chosen at random among those whose condition holds, running until it has
+    to wait; the arena filled with NaN first. A band that reads rows its `needs` did not declare, or a slot reused while a
     walker a step behind still reads it, then reads NaN or stale values, unless the order happens to
     save it; over many random orders, it does not."""
     def run_steps(plan, views, context):
@@ -286,13 +286,13 @@ def random_interleaving(seed: int):
             array[...] = np.nan
         call, choose = fast._Call(plan, views, context), random.Random(seed)
         walkers = {w: call.steps_of(w) for w in range(plan.threads)}
-        conditions = {w: next(walk) for w, walk in walkers.items()}
+        conditions = {w: (lambda: True) for w in walkers}          # (not started yet)
         while walkers:
             runnable = [w for w in walkers if conditions[w]()]
             assert runnable, "deadlock: no walker can go on"
             w = choose.choice(runnable)
             try:
-                conditions[w] = next(walkers[w])
+                conditions[w] = next(walkers[w])                    # runs until it has to wait
             except StopIteration:
                 del walkers[w]
         assert call.finished == len(plan.steps)
