@@ -191,7 +191,8 @@ class _Call:
 
     One rule keeps the arena safe: a walker starts step i only when steps 0 .. i-2 are finished, and
     allocate_slots keeps a value's slot until the step after its last reader (Plan(lag=1)).
-    Steps without bands (pooling, hidden states, im2col) run whole on walker 0, once what they read is done.
+    Steps without bands (pooling, hidden states, DeepLab's pooled branch) run whole on walker 0, once
+    what they read is done.
     """
 
     def __init__(self, plan: "Plan", views: dict, context: dict):
@@ -570,7 +571,8 @@ class MatMul(Step):
     """A 1x1 convolution: (N*H*W, C_in) @ (C_in, C_out), then + bias, activation, + residual.
 
     The output rows are cut into bands of about GEMM_BAND_BYTES, which the walkers share: a band's
-    matrix product and its epilogue run back to back, while the band is in cache.
+    matrix product and its epilogue run back to back, while the band is in cache. On a small map,
+    each walker computes all rows for a share of the output channels instead.
 
     weight: (C_in, C_out). bias: (C_out,), or a Value (N, 1, 1, C_out) holding one bias per image
     (the DeepLab projection, see PooledProjectionBias).
@@ -647,10 +649,10 @@ class Band:
 class DepthwiseBlock(Step):
     """[1x1 expand] -> k x k depthwise -> [1x1 project] [+ residual], one band of output rows at a time.
 
-    This is MobileNetV2's inverted residual block (and, without the expand, V1's separable
-    convolution, or a lone depthwise layer). Each thread has a line buffer: the padded rows of the
-    depthwise layer's input that the current band reads, zero padding included (rows and columns).
-    For a band of output rows, a thread
+    This is MobileNetV2's inverted residual block (and, without the project, MobileNetV1's pointwise
+    layer followed by its next depthwise layer; with neither, a lone depthwise layer). Each walker has
+    a line buffer: the padded rows of the depthwise layer's input that the current band reads, zero
+    padding included (rows and columns). For a band of output rows, a walker
       1. fills its line buffer: the rows the previous band left there are kept (moved to its top),
          the new ones are the expanded input rows (x @ W_expand + bias, activation) or, without
          an expand layer, x's rows; padding rows and columns are zeros;
@@ -660,8 +662,9 @@ class DepthwiseBlock(Step):
          (x, c) flattened, the weights repeated along the row); then bias and activation;
       3. projects the band (@ W_project + bias [activation] [+ the block input]) straight into
          the output rows.
-    The expanded and depthwise tensors are never stored whole, the band stays in cache from one
-    layer to the next, and the threads meet once per block.
+    The expanded and depthwise tensors are never stored whole, and the band stays in cache from one
+    layer to the next. On a small map (share_channels), each walker computes the whole map for a
+    share of the channels instead.
     """
 
     def __init__(self, layer: ConvLayer, x: Value, out: Value, weight: np.ndarray, bias: np.ndarray, flat: bool,
