@@ -696,11 +696,12 @@ class DepthwiseBlock(Step):
             self.shares_channels, self.channels, rows_per_band = True, _split(c, threads), h_out
             self.bands = [(0, h_out)] * len(self.channels)
             c = max(b - a for a, b in self.channels)            # the line buffer's channels
-            # each share's depthwise weights: (k, k, C_share), or flat (repeated along the row, as
-            # PlanBuilder.depthwise_weights does) when small enough and stride 1
-            self.flat = self.s == 1 and weight.size * w_out * weight.itemsize <= TILE_BYTES
+            # each share's depthwise weights: (k, k, C_share), or flat (repeated along the row)
+            self.flat = _flattens(self.s, weight, w_out)
+            share_taps = [np.ascontiguousarray(weight[:, :, a:b]) for a, b in self.channels]
             self.shares = [(np.ascontiguousarray(expand.weight[:, a:b]), expand.bias[a:b],
-                            self._share_taps(weight[:, :, a:b], w_out), bias[a:b]) for a, b in self.channels]
+                            _along_row(taps, w_out) if self.flat else taps, bias[a:b])
+                           for (a, b), taps in zip(self.channels, share_taps)]
         self.segments = _segments(len(self.bands), threads)
         padded = [self._padded_rows(y0, y1) for y0, y1 in self.bands]
         # Besides the rows of one band, the line buffer has room for twice the rows two bands share,
@@ -773,13 +774,6 @@ class DepthwiseBlock(Step):
                 flat[start: start + math.prod(shape[:-1]) * (channels or shape[-1])].reshape(
                     shape[:-1] + (channels or shape[-1],)) for start, _, shape in self.scratch_parts]
         return parts
-
-    def _share_taps(self, taps: np.ndarray, w_out: int) -> np.ndarray:
-        """(k, k, C_share) depthwise weights, flat when self.flat: (k, k, W_out * C_share)."""
-        if not self.flat:
-            return np.ascontiguousarray(taps)
-        k, c = taps.shape[0], taps.shape[-1]
-        return np.ascontiguousarray(np.broadcast_to(taps[:, :, None, :], (k, k, w_out, c))).reshape(k, k, w_out * c)
 
     def _windows(self, buffer: np.ndarray, first: int, rows: int) -> np.ndarray:
         """The depthwise layer's input windows of `rows` output rows, read from buffer row `first`.
@@ -931,6 +925,17 @@ class PooledProjectionBias(Step):
 # building a plan from a model
 # --------------------------------------------------------------------------------------------------
 
+def _flattens(stride: int, taps: np.ndarray, w_out: int) -> bool:
+    """Whether depthwise weights `taps` (k, k, C) run flat: stride 1 and repeated along the row within TILE_BYTES."""
+    return stride == 1 and taps.nbytes * w_out <= TILE_BYTES
+
+
+def _along_row(taps: np.ndarray, w_out: int) -> np.ndarray:
+    """(k, k, C) depthwise weights repeated along an output row: (k, k, W_out * C), for the flat einsum."""
+    k, c = taps.shape[0], taps.shape[-1]
+    return np.ascontiguousarray(np.broadcast_to(taps[:, :, None, :], (k, k, w_out, c))).reshape(k, k, w_out * c)
+
+
 def _gemm_weight(weight: np.ndarray) -> np.ndarray:
     """(C_out, C_in, 1, 1) 1x1 conv weights -> (C_in, C_out), the right operand of the product."""
     return np.ascontiguousarray(weight[:, :, 0, 0].T)
@@ -943,7 +948,7 @@ class PlanBuilder:
         self.params, self.dtype = params, np.dtype(dtype)
         self.steps: list[Step] = []
         self.values: list[Value] = []
-        self.threads = threads                      # the pool's threads (1: no pool, BLAS threads the products)
+        self.threads = threads                      # the walkers (1: BLAS threads the products itself)
         self.shared: dict = {}                      # prepared weights, by layer (a layer may be used twice)
 
     def _shared(self, key, make: Callable):
@@ -965,16 +970,11 @@ class PlanBuilder:
         """A depthwise layer's (weights, bias, flat) as DepthwiseBlock uses them: weights (k, k, C), or,
         `flat` (stride 1, small enough: TILE_BYTES), (k, k, W_out * C), each tap's repeated along the row."""
         weight, bias = self.folded(layer)
-        k, c = layer.kernel_size, layer.in_channels
-        flat = may_flatten and layer.stride == 1 and k * k * c * w_out * self.dtype.itemsize <= TILE_BYTES
-
-        def prepare():
-            taps = np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0))           # (k, k, C)
-            if flat:
-                taps = np.ascontiguousarray(np.broadcast_to(taps[:, :, None, :], (k, k, w_out, c)))
-                taps = taps.reshape(k, k, w_out * c)
-            return taps
-        return self._shared(("depthwise", layer.name, w_out, flat), prepare), bias, flat
+        taps = self._shared(("depthwise", layer.name),
+                            lambda: np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0)))   # (k, k, C)
+        if may_flatten and _flattens(layer.stride, taps, w_out):
+            return self._shared(("depthwise", layer.name, w_out), lambda: _along_row(taps, w_out)), bias, True
+        return taps, bias, False
 
     def value(self, shape, storage: str = "channels_last") -> Value:
         v = Value(tuple(int(s) for s in shape), storage)
@@ -1117,10 +1117,10 @@ def _nchw(array: np.ndarray) -> np.ndarray:
 def build_plan(model, input_shape: tuple[int, ...], dtype, hidden_states: bool = False) -> Plan:
     """The fast plan of `model` for pixel values of shape (N, C, H, W) computed in `dtype`.
 
-    `hidden_states`: whether the plan keeps every hidden state (MobileNetV1's depthwise outputs
-    are then stored whole, not only band by band). The big layers' bands go to the pool, BLAS on
-    one thread; without threadpoolctl (BLAS's threads cannot be set) there is no pool and BLAS
-    threads each matrix product itself.
+    `hidden_states`: whether the plan keeps every hidden state (MobileNetV1's layers then run one
+    step each, every output stored whole). The plan has set_num_threads walkers, BLAS on one thread;
+    without threadpoolctl (BLAS's threads cannot be set) it has one walker and BLAS threads each
+    matrix product itself.
     """
     threads = _num_threads if _blas_libraries() else 1
     return _build_plan(model, input_shape, dtype, hidden_states, threads)

@@ -17,6 +17,7 @@ random configs. No test here measures time (benchmarks/bench.py does).
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 
 import numpy as np
@@ -277,11 +278,10 @@ def test_published_sizes_match_transformers(architecture, config, size):
 def random_interleaving(seed: int):
     """A stand-in for fast._run_steps: the walkers' generators (_Call.steps_of) driven on this thread,
     each time one walker, chosen at random among those whose condition holds, running until it has
-    to wait; the arena filled with NaN first. A band that reads rows its `needs` did not declare, or a slot reused while a
-    walker a step behind still reads it, then reads NaN or stale values, unless the order happens to
-    save it; over many random orders, it does not."""
+    to wait; the arena filled with NaN first. A band that reads rows its `needs` did not declare, or
+    a slot reused while a walker a step behind still reads it, then reads NaN or stale values, unless
+    the order happens to save it; over many random orders, it does not."""
     def run_steps(plan, views, context):
-        import random
         for array in [views[v] for v in plan.values] + views["scratch"]:
             array[...] = np.nan
         call, choose = fast._Call(plan, views, context), random.Random(seed)
