@@ -5,14 +5,14 @@
     logits = model(pixel_values).logits                        # pixel_values: (N, 3, H, W) float32
 """
 
-from .deeplabv3 import MobileNetV2ForSemanticSegmentation
 from .errors import (ConfigError, ConversionError, ImageError, MobileNetError, OutputExistsError, ShapeError,
                      WeightsError)
 from .image_processing import MobileNetV1ImageProcessor, MobileNetV2ImageProcessor
-from .mobilenet_v1 import MobileNetV1Config, MobileNetV1ForImageClassification, MobileNetV1Model
-from .mobilenet_v2 import MobileNetV2Config, MobileNetV2ForImageClassification, MobileNetV2Model
+from .networks import load
+from .networks.deeplabv3 import MobileNetV2ForSemanticSegmentation
+from .networks.mobilenet_v1 import MobileNetV1Config, MobileNetV1ForImageClassification, MobileNetV1Model
+from .networks.mobilenet_v2 import MobileNetV2Config, MobileNetV2ForImageClassification, MobileNetV2Model
 from .pipelines import pipeline
-from .weights import load
 
 __version__ = "0.1.0"
 

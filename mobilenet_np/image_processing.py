@@ -33,6 +33,7 @@ import numpy as np
 
 from . import ops
 from .errors import ConfigError, ImageError
+from .registry import ARCHITECTURES
 
 IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
@@ -405,9 +406,20 @@ class MobileNetV2ImageProcessor(MobileNetV1ImageProcessor):
         return maps
 
 
+IMAGE_PROCESSORS = {cls.__name__: cls for cls in (MobileNetV1ImageProcessor, MobileNetV2ImageProcessor)}
+# transformers 5 names its backends with a suffix; the stored "image_processor_type" may carry one.
+BACKEND_SUFFIXES = ("Fast", "Pil")
+
+
 def image_processor_class(name: str | None) -> type[MobileNetV1ImageProcessor]:
-    """The processor class for an image_processor_type / architecture name ("...V1..." or "...V2...")."""
-    return MobileNetV1ImageProcessor if name and "V1" in name else MobileNetV2ImageProcessor
+    """The processor class for an architecture name (registry.ARCHITECTURES) or an image_processor_type
+    (`MobileNetV1ImageProcessor`, also with a backend suffix); MobileNetV2's for anything else."""
+    if name in ARCHITECTURES:
+        name = ARCHITECTURES[name].image_processor_name
+    for suffix in BACKEND_SUFFIXES:
+        if name and name.endswith(suffix) and name[: -len(suffix)] in IMAGE_PROCESSORS:
+            name = name[: -len(suffix)]
+    return IMAGE_PROCESSORS.get(name, MobileNetV2ImageProcessor)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,13 +24,15 @@ import numpy as np
 from . import ops
 from .configuration_utils import image_size_pair
 from .errors import ConfigError
-from .image_processing import MobileNetV1ImageProcessor, MobileNetV2ImageProcessor, load_image
-from .modeling_utils import SemanticSegmenterOutput
+from .image_processing import MobileNetV1ImageProcessor, image_processor_class, load_image
+from .networks import load
+from .outputs import SemanticSegmenterOutput
+from .registry import ARCHITECTURES
 
 
 def image_processor_for(model) -> MobileNetV1ImageProcessor:
     """The image processor of a model: the stored preprocessor config, else defaults from model.config."""
-    cls = MobileNetV1ImageProcessor if type(model).__name__.startswith("MobileNetV1") else MobileNetV2ImageProcessor
+    cls = image_processor_class(type(model).__name__)
     stored = (getattr(model, "metadata", None) or {}).get("image_processor") or {}
     if stored:
         return cls.from_dict(stored)
@@ -42,13 +44,14 @@ class Pipeline:
     """A model, its image processor, and the pre/post-processing of one task. Call it on images."""
 
     task: ClassVar[str] = ""
-    architecture_suffix: ClassVar[str] = ""   # the model classes this task runs, e.g. "ForImageClassification"
+    architecture_task: ClassVar[str] = ""   # the registry task of the models it runs
 
     def __init__(self, model, image_processor: MobileNetV1ImageProcessor | None = None):
-        if not type(model).__name__.endswith(self.architecture_suffix):
+        architecture = ARCHITECTURES.get(type(model).__name__)
+        if architecture is None or architecture.task != self.architecture_task:
             source = (getattr(model, "metadata", None) or {}).get("path", "model")
-            raise ConfigError(f"{source}: task {self.task!r} needs a *{self.architecture_suffix} model, got a "
-                              f"{type(model).__name__}")
+            runs = " or ".join(a.name for a in ARCHITECTURES.values() if a.task == self.architecture_task)
+            raise ConfigError(f"{source}: task {self.task!r} needs a {runs} model, got a {type(model).__name__}")
         self.model = model
         self.image_processor = image_processor or image_processor_for(model)
 
@@ -70,7 +73,7 @@ class ImageClassificationPipeline(Pipeline):
     """Image -> [{"label", "score"}] for the top_k classes, best first (transformers' format)."""
 
     task = "image-classification"
-    architecture_suffix = "ForImageClassification"
+    architecture_task = "image-classification"
 
     def scores(self, image, function_to_apply: str | None = None) -> np.ndarray:
         """The (num_labels,) class scores of one image (softmax by default; sigmoid for a single label)."""
@@ -107,7 +110,7 @@ class ImageSegmentationPipeline(Pipeline):
     """Image -> one {"score": None, "label", "mask"} per class present; mask: mode "L", 255 on the class."""
 
     task = "image-segmentation"
-    architecture_suffix = "ForSemanticSegmentation"
+    architecture_task = "semantic-segmentation"
 
     def class_map(self, image) -> np.ndarray:
         """The (H, W) int64 class id of every pixel of an image (path or PIL image), at the image's own size."""
@@ -140,6 +143,5 @@ def pipeline(task: str, model, image_processor: MobileNetV1ImageProcessor | None
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}, expected one of {sorted(TASKS)}")
     if isinstance(model, (str, Path)):
-        from .weights import load
         model = load(model)
     return TASKS[task](model, image_processor)

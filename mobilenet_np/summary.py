@@ -26,7 +26,8 @@ from typing import Any
 
 from .configuration_utils import image_size_pair
 from .errors import ConfigError
-from .modeling_utils import ConvLayer
+from .layers import ConvLayer, ImagePoolingASPP, InvertedResidual
+from .tables import format_table
 
 SUMMARY_FORMAT = "mobilenet-np-summary"
 SUMMARY_FORMAT_VERSION = 1
@@ -125,8 +126,6 @@ class ModelSummary:
 
     def format_table(self) -> str:
         """An aligned text table: one row per layer, then the totals."""
-        from .cli.common import format_table
-
         rows = [(layer.name + ("" if layer.used else " *"), layer.describe_op(),
                  "x".join(str(n) for n in layer.output_shape), f"{layer.params:,}", f"{layer.macs:,}")
                 for layer in self.layers]
@@ -185,65 +184,44 @@ def _classifier_row(model) -> LayerCost:
                      math.prod(shapes["classifier.bias"]), macs=num_labels * in_features)
 
 
-def _backbone_rows(backbone, input_shape) -> tuple[list[LayerCost], tuple[int, int, int]]:
-    """MobileNetV1Model / MobileNetV2Model rows (with the pooler when the model has one)."""
-    rows, shape = _conv_chain(backbone.conv_layers(), input_shape)
-    if backbone.add_pooling_layer:
-        rows.append(_pool_row(f"{backbone.prefix}pooler", shape))
-        shape = rows[-1].output_shape
-    return rows, shape
-
-
-def _classification_rows(model, backbone, input_shape) -> list[LayerCost]:
-    rows, _ = _backbone_rows(backbone, input_shape)
-    if model.config.num_labels > 0:  # no labels: transformers uses nn.Identity, the logits are the pooled features
-        rows.append(_classifier_row(model))
-    return rows
-
-
-def _segmentation_rows(model, input_shape) -> list[LayerCost]:
-    """DeepLabV3 head on the MobileNetV2 backbone (see deeplabv3.py for the picture)."""
-    backbone = model.mobilenet_v2
-    blocks = [layer for layer in backbone.conv_layers() if layer is not backbone.conv_1x1]
-    rows, features = _conv_chain(blocks, input_shape)                        # up to the last block
-    # transformers also runs the backbone's conv_1x1, but the head reads the last block's output.
-    conv_1x1 = conv_cost(backbone.conv_1x1, *features[1:])
-    rows.append(dataclasses.replace(conv_1x1, used=False))
-    _, h, w = features
-    rows.append(_pool_row("segmentation_head.avg_pool", features))
-    rows.append(conv_cost(model.conv_pool, 1, 1))
-    # From 1x1, bilinear upsampling with align_corners is a broadcast: no multiplies.
-    rows.append(LayerCost("segmentation_head.upsample", "upsample_bilinear", (model.conv_pool.out_channels, h, w), 0, 0))
-    rows.append(conv_cost(model.conv_aspp, h, w))
-    concat_channels = model.conv_pool.out_channels + model.conv_aspp.out_channels
-    rows.append(LayerCost("segmentation_head.concat", "concat", (concat_channels, h, w), 0, 0))
-    head_rows, _ = _conv_chain([model.conv_projection, model.classifier], (concat_channels, h, w))
-    return rows + head_rows
+def _unit_rows(unit, shape: tuple[int, int, int]) -> tuple[list[LayerCost], tuple[int, int, int]]:
+    """Rows of one unit of a network's Graph applied to a (C, H, W) input; returns them and its output shape."""
+    if isinstance(unit, ImagePoolingASPP):
+        _, h, w = shape
+        rows = [_pool_row(f"{unit.name}.avg_pool", shape), conv_cost(unit.conv_pool, 1, 1),
+                # From 1x1, bilinear upsampling with align_corners is a broadcast: no multiplies.
+                LayerCost(f"{unit.name}.upsample", "upsample_bilinear", (unit.conv_pool.out_channels, h, w), 0, 0),
+                conv_cost(unit.conv_aspp, h, w)]
+        concat_channels = unit.conv_pool.out_channels + unit.conv_aspp.out_channels
+        rows.append(LayerCost(f"{unit.name}.concat", "concat", (concat_channels, h, w), 0, 0))
+        projection, shape = _conv_chain([unit.conv_projection], (concat_channels, h, w))
+        return rows + projection, shape
+    return _conv_chain(unit.conv_layers() if isinstance(unit, InvertedResidual) else [unit], shape)
 
 
 def summarize(model, image_size: int | tuple[int, int] | list[int] | None = None) -> ModelSummary:
     """The per-layer cost table of `model` for one (num_channels, H, W) image.
 
     `image_size` is an int, a (height, width) pair, or None for `model.config.image_size`.
-    Works on any of the five architectures, with or without weights.
+    Works on any of the five architectures, with or without weights: the rows follow the network's
+    Graph (mobilenet_np/layers.py), the same description the fast engine runs.
     """
-    from .deeplabv3 import MobileNetV2ForSemanticSegmentation
-    from .mobilenet_v1 import MobileNetV1ForImageClassification, MobileNetV1Model
-    from .mobilenet_v2 import MobileNetV2ForImageClassification, MobileNetV2Model
-
     config = model.config
     height, width = _image_size(config.image_size if image_size is None else image_size)
     input_shape = (config.num_channels, height, width)
-    if isinstance(model, (MobileNetV1Model, MobileNetV2Model)):
-        rows, _ = _backbone_rows(model, input_shape)
-    elif isinstance(model, MobileNetV1ForImageClassification):
-        rows = _classification_rows(model, model.mobilenet_v1, input_shape)
-    elif isinstance(model, MobileNetV2ForImageClassification):
-        rows = _classification_rows(model, model.mobilenet_v2, input_shape)
-    elif isinstance(model, MobileNetV2ForSemanticSegmentation):
-        rows = _segmentation_rows(model, input_shape)
-    else:
-        raise TypeError(f"summarize() takes a mobilenet_np model, got {type(model).__name__}")
+    graph = model.graph()
+    rows, shape = [], input_shape
+    for i, unit in enumerate(graph.units):
+        unit_rows, output_shape = _unit_rows(unit, shape)
+        rows += unit_rows
+        for reads, unused in graph.unused:     # e.g. DeepLab's conv_1x1: transformers computes it anyway
+            if reads == i:
+                rows += [dataclasses.replace(row, used=False) for row in _unit_rows(unused, output_shape)[0]]
+        shape = output_shape
+    if graph.pool is not None:
+        rows.append(_pool_row(graph.pool, shape))
+    if graph.classifier is not None:  # no labels: transformers uses nn.Identity, the logits are the pooled features
+        rows.append(_classifier_row(model))
     config_dict = {k: v for k, v in config.to_dict().items() if k not in ("id2label", "label2id")}
     return ModelSummary(type(model).__name__, input_shape, tuple(rows), config_dict)
 

@@ -1,12 +1,12 @@
 """`python -m weights_tools COMMAND ...`: one module per command in this folder.
 
 Each command module defines `register(subparsers)`, which adds its parser and sets `func=run`
-where `run(args) -> int` is the exit status (see mobilenet_np.cli for the conventions).
+where `run(args) -> int` is the exit status (see mobilenet_np.commandline for the conventions).
 """
 
 import sys
 
-from mobilenet_np.cli import build_parser, run_command
+from mobilenet_np.commandline import build_parser, run_command
 
 # Command modules (the command name is set by each module's register()).
 COMMANDS = [

@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 
 import mobilenet_np
+from mobilenet_np import networks
 from mobilenet_np.errors import ConfigError, ConversionError, WeightsError
 from mobilenet_np.fileio import file_sha256
-from mobilenet_np.weights import architectures, save_weights
+from mobilenet_np.formats.weights import save_weights
+from mobilenet_np.registry import ARCHITECTURES
 
 from . import __version__
 from .checkpoints import CONFIG_NAME, Checkpoint, read_checkpoint, resolve_source
@@ -42,11 +44,11 @@ def architecture_of(checkpoint: Checkpoint) -> str:
     if isinstance(named, str):
         named = [named]
     for name in named:
-        if name in architectures():
+        if name in ARCHITECTURES:
             return name
     if named:
         raise ConversionError(f"{config_path}: architectures {named} are not supported "
-                              f"(expected one of {sorted(architectures())})")
+                              f"(expected one of {sorted(ARCHITECTURES)})")
     model_type = checkpoint.config.get("model_type")
     if model_type not in MODEL_TYPES:
         raise ConversionError(f"{config_path}: model_type {model_type!r} is not supported "
@@ -62,7 +64,7 @@ def architecture_of(checkpoint: Checkpoint) -> str:
 
 def checked_model(checkpoint: Checkpoint, architecture: str):
     """The mobilenet_np model of `architecture` with the checkpoint's config and weights, every tensor checked."""
-    model_class = architectures()[architecture]
+    model_class = networks.model_class(architecture)
     try:
         config = model_class.config_class.from_dict(checkpoint.config)
     except ConfigError as e:

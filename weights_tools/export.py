@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from mobilenet_np.weights import load_model, read_weights
+from mobilenet_np.formats.weights import read_weights
+from mobilenet_np.networks import load
 
 from .checkpoints import CONFIG_NAME, PREPROCESSOR_NAME, SAFETENSORS_NAME, tqdm_disable, atomic_output_folder
 
@@ -51,13 +52,13 @@ def write_json(path: Path, value: dict) -> None:
 def export_checkpoint(weights, out_dir, overwrite: bool = False, progress: bool = True) -> Path:
     """Write the weights file `weights` as a transformers checkpoint folder `out_dir`; return its path.
 
-    The file is fully checked first (load_model: every tensor present, shaped and finite), so an
+    The file is fully checked first (mobilenet_np.networks.load: every tensor present, shaped and finite), so an
     export never produces a checkpoint that transformers would fill with random weights.
     """
     from safetensors.numpy import save_file
 
     stored = read_weights(weights)
-    model = load_model(weights)
+    model = load(weights)
     tensors = {}
     for key, value in tqdm(model.state_dict().items(), desc="preparing tensors", unit="tensor",
                            disable=tqdm_disable(progress)):

@@ -26,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenet_np import golden
-from mobilenet_np.cli.golden import add_input_arguments, check_output_path, pixel_values_from_args
+from mobilenet_np.commandline import add_input_arguments, check_output_path, pixel_values_from_args
 from mobilenet_np.errors import ConversionError, WeightsError
+from mobilenet_np.formats import golden
+from mobilenet_np.formats.weights import read_weights
+from mobilenet_np.registry import ARCHITECTURES
 
 PRODUCER = "transformers"
 # Weights files of a transformers checkpoint folder, in the order transformers looks for them.
@@ -101,8 +103,6 @@ def transformers_model_from_weights(path, dtype=np.float32):
     import torch
     import transformers
 
-    from mobilenet_np.weights import read_weights
-
     weights = read_weights(path)
     model_class = getattr(transformers, weights.architecture)
     config = model_class.config_class.from_dict(weights.config)
@@ -134,10 +134,9 @@ def transformers_model_from_checkpoint(folder, dtype=np.float32):
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConversionError(f"{config_path}: not a JSON config file ({e})") from None
     architectures = config.get("architectures") or []
-    from mobilenet_np.weights import architectures as known_architectures
-    if len(architectures) != 1 or architectures[0] not in known_architectures():
+    if len(architectures) != 1 or architectures[0] not in ARCHITECTURES:
         raise ConversionError(f"{config_path}: field 'architectures' is {architectures!r}, expected one of "
-                              f"{sorted(known_architectures())}")
+                              f"{sorted(ARCHITECTURES)}")
     weights_file = next((folder / n for n in CHECKPOINT_WEIGHTS_FILES if (folder / n).is_file()), None)
     if weights_file is None:
         raise ConversionError(f"{folder}: no weights file (expected one of {', '.join(CHECKPOINT_WEIGHTS_FILES)})")

@@ -39,8 +39,8 @@ import numpy as np
 
 from mobilenet_np.errors import ConversionError
 from mobilenet_np.fileio import open_hdf5
-from mobilenet_np.mobilenet_v1 import MobileNetV1ForImageClassification, MobileNetV1Model
-from mobilenet_np.mobilenet_v2 import MobileNetV2ForImageClassification, MobileNetV2Model
+from mobilenet_np.networks.mobilenet_v1 import MobileNetV1ForImageClassification, MobileNetV1Model
+from mobilenet_np.networks.mobilenet_v2 import MobileNetV2ForImageClassification, MobileNetV2Model
 
 from .importing import (depth_multiplier_candidates, fit_config, id2label_or_default,
                         register_import_command, save_imported)

@@ -38,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenet_np.deeplabv3 import MobileNetV2ForSemanticSegmentation
+from mobilenet_np.networks.deeplabv3 import MobileNetV2ForSemanticSegmentation
 from mobilenet_np.errors import ConversionError
-from mobilenet_np.mobilenet_v1 import MobileNetV1ForImageClassification
-from mobilenet_np.mobilenet_v2 import MobileNetV2ForImageClassification
+from mobilenet_np.networks.mobilenet_v1 import MobileNetV1ForImageClassification
+from mobilenet_np.networks.mobilenet_v2 import MobileNetV2ForImageClassification
 
 from .importing import (batch_norm_identity, depth_multiplier_candidates, fit_config, id2label_or_default,
                         register_import_command, save_imported)

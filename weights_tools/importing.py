@@ -15,7 +15,8 @@ import numpy as np
 
 from mobilenet_np.errors import ConfigError, ConversionError, WeightsError
 from mobilenet_np.fileio import file_sha256
-from mobilenet_np.weights import read_weights
+from mobilenet_np.formats.weights import read_weights
+from mobilenet_np.registry import ARCHITECTURES
 
 from . import __version__
 from .labels import id2label_from_file
@@ -31,7 +32,7 @@ def image_processor_config(model_class: type, image_size: int | list[int]) -> di
     network's input size, scale to [0, 1], normalise with mean = std = 0.5, i.e. x / 127.5 - 1.
     """
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    processor = "MobileNetV1ImageProcessor" if "V1" in model_class.__name__ else "MobileNetV2ImageProcessor"
+    processor = ARCHITECTURES[model_class.__name__].image_processor_name
     return {"image_processor_type": processor, "do_resize": True, "size": {"shortest_edge": min(height, width) + 32},
             "resample": 2, "do_center_crop": True, "crop_size": {"height": height, "width": width},
             "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,

@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 
 from ..pipelines import ImageClassificationPipeline, ranked_classes
-from .common import (add_model_arguments, add_output_arguments, format_table, image_paths, load_model, print_json,
-                     progress)
+from ..commandline import add_model_arguments, add_output_arguments, image_paths, print_json, progress
+from ..tables import format_table
+from .common import load_model
 
 
 def positive_int(text: str) -> int:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from .. import golden
-from .common import print_json
+from ..formats import golden
+from ..commandline import print_json
 
 
 def register(subparsers) -> None:

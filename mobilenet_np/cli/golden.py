@@ -17,43 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import golden
-from ..configuration_utils import image_size_pair
-from ..errors import OutputExistsError
-from .common import add_model_arguments, weights_path
+from ..commandline import add_input_arguments, add_model_arguments, check_output_path, pixel_values_from_args
+from ..formats import golden
+from ..networks import load
+from .common import weights_path
 
 PRODUCER = "mobilenet_np"
-
-
-def add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    """--image IMG | --seed N [--image-size H W]: the input of the run (shared with golden-torch)."""
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--image", metavar="IMG", help="an image file, preprocessed by the weights' image processor")
-    source.add_argument("--seed", type=int, metavar="N",
-                        help="random pixel values in [-1, 1) from this seed (the same on every recorder)")
-    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                        help="size of the --seed input (default: config.image_size)")
-
-
-def pixel_values_from_args(args: argparse.Namespace, architecture: str, config: dict, image_processor: dict,
-                           dtype) -> tuple[np.ndarray, dict]:
-    """(pixel values (1, C, H, W) of `dtype`, the golden file's `input` attribute) chosen by the input arguments."""
-    if args.image is not None:
-        if args.image_size is not None:
-            raise golden.GoldenError("--image-size goes with --seed (an --image is sized by its image processor)")
-        return golden.image_input(args.image, image_processor, architecture, dtype)
-    height, width = args.image_size or image_size_pair(config.get("image_size", 224))
-    if height < 1 or width < 1:
-        raise golden.GoldenError(f"--image-size must be positive, got {height} {width}")
-    return golden.seeded_input(args.seed, height, width, config.get("num_channels", 3), dtype)
-
-
-def check_output_path(out: str, force: bool) -> Path:
-    """Refuse an existing --out before any work (the write itself is atomic and checks again)."""
-    path = Path(out)
-    if path.exists() and not force:
-        raise OutputExistsError(f"{path}: exists already (pass --force to replace it)")
-    return path
 
 
 def register(subparsers) -> None:
@@ -72,12 +41,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..weights import load_model
-
     out = check_output_path(args.out, args.force)
     dtype = golden.DTYPES[args.dtype]
     path = weights_path(args)
-    model = load_model(path)
+    model = load(path)
     architecture, config = model.metadata["architecture"], model.config.to_dict()
     pixel_values, input_info = pixel_values_from_args(args, architecture, config, model.metadata["image_processor"],
                                                       dtype)

@@ -22,7 +22,9 @@ from ..errors import ConfigError, OutputExistsError
 from ..fileio import atomic_output
 from ..image_processing import load_image
 from ..pipelines import ImageSegmentationPipeline
-from .common import add_model_arguments, add_output_arguments, format_table, load_model, print_json
+from ..commandline import add_model_arguments, add_output_arguments, print_json
+from ..tables import format_table
+from .common import load_model
 
 OVERLAY_OPACITY = 0.5   # how much of the class colour goes into a tinted pixel
 

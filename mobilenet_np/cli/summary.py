@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import argparse
 
+from ..commandline import add_output_arguments, print_json
 from ..errors import ConfigError
-from .common import add_output_arguments, load_model, print_json
+from ..networks import model_class
+from ..summary import summarize
+from .common import load_model
 
-# --arch name -> (model class name, config class name, config defaults). ImageNet classifiers have
-# 1001 labels (index 0 = background), as the published checkpoints; DeepLab has the 21 Pascal VOC
-# labels and output stride 8, as google/deeplabv3_mobilenet_v2_1.0_513.
+# --arch name -> (architecture, config defaults). ImageNet classifiers have 1001 labels (index 0 =
+# background), as the published checkpoints; DeepLab has the 21 Pascal VOC labels and output stride
+# 8, as google/deeplabv3_mobilenet_v2_1.0_513.
 ARCHITECTURES = {
-    "mobilenet_v1": ("MobileNetV1ForImageClassification", "MobileNetV1Config", {"num_labels": 1001}),
-    "mobilenet_v2": ("MobileNetV2ForImageClassification", "MobileNetV2Config", {"num_labels": 1001}),
-    "deeplabv3_mobilenet_v2": ("MobileNetV2ForSemanticSegmentation", "MobileNetV2Config",
-                               {"num_labels": 21, "output_stride": 8}),
+    "mobilenet_v1": ("MobileNetV1ForImageClassification", {"num_labels": 1001}),
+    "mobilenet_v2": ("MobileNetV2ForImageClassification", {"num_labels": 1001}),
+    "deeplabv3_mobilenet_v2": ("MobileNetV2ForSemanticSegmentation", {"num_labels": 21, "output_stride": 8}),
 }
 
 # Architecture options: (flag, config field, type).
@@ -68,27 +70,23 @@ def register(subparsers) -> None:
 
 def build_model(args):
     """The model the arguments describe: from --weights / --model, or from --arch and its options."""
-    import mobilenet_np
-
     overrides = {field: getattr(args, field) for _, field, _, _ in ARCH_OPTIONS if getattr(args, field) is not None}
     if args.arch is None:
         if overrides:
             flags = ", ".join(flag for flag, field, _, _ in ARCH_OPTIONS if field in overrides)
             raise ConfigError(f"{flags}: only with --arch (a weights file fixes the architecture)")
         return load_model(args)
-    class_name, config_name, defaults = ARCHITECTURES[args.arch]
+    architecture, defaults = ARCHITECTURES[args.arch]
     if "output_stride" in overrides and args.arch == "mobilenet_v1":
         raise ConfigError("--output-stride: mobilenet_v1 has no output stride option (mobilenet_v2 and deeplab have)")
     if args.image_size is not None:  # recorded in the config, as a checkpoint made for this size would be
         height, width = args.image_size
         overrides["image_size"] = height if height == width else [height, width]
-    config = getattr(mobilenet_np, config_name)(**{**defaults, **overrides})
-    return getattr(mobilenet_np, class_name)(config, seed=None)  # the structure is enough: no weights
+    cls = model_class(architecture)
+    return cls(cls.config_class(**{**defaults, **overrides}), seed=None)  # the structure is enough: no weights
 
 
 def run(args) -> int:
-    from ..summary import summarize
-
     summary = summarize(build_model(args), args.image_size)
     if args.json:
         print_json(summary.to_dict())

@@ -24,22 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import WeightsError
-from .fileio import atomic_output, open_hdf5
+from ..errors import WeightsError
+from ..fileio import atomic_output, open_hdf5
+from ..registry import ARCHITECTURES
 
 FORMAT_NAME = "mobilenet-np-weights"
 FORMAT_VERSION = 1
 TENSORS_GROUP = "tensors"
-
-
-def architectures() -> dict[str, type]:
-    """Architecture name (as stored in the file, = transformers class name) -> mobilenet_np class."""
-    from .deeplabv3 import MobileNetV2ForSemanticSegmentation
-    from .mobilenet_v1 import MobileNetV1ForImageClassification, MobileNetV1Model
-    from .mobilenet_v2 import MobileNetV2ForImageClassification, MobileNetV2Model
-    classes = [MobileNetV1Model, MobileNetV1ForImageClassification, MobileNetV2Model,
-               MobileNetV2ForImageClassification, MobileNetV2ForSemanticSegmentation]
-    return {c.__name__: c for c in classes}
 
 
 @dataclass
@@ -72,8 +63,8 @@ def save_weights(path, tensors: dict[str, np.ndarray], architecture: str, config
     """Write a weights file atomically (a temporary file beside `path`, then a rename)."""
     import h5py
 
-    if architecture not in architectures():
-        raise WeightsError(f"{path}: unknown architecture {architecture!r}, expected one of {sorted(architectures())}")
+    if architecture not in ARCHITECTURES:
+        raise WeightsError(f"{path}: unknown architecture {architecture!r}, expected one of {sorted(ARCHITECTURES)}")
     id2label = {str(k): v for k, v in config.get("id2label", {}).items()}
     path = Path(path)
     with atomic_output(path, overwrite=overwrite) as tmp:
@@ -140,9 +131,9 @@ def read_weights(path) -> WeightsFile:
                                    f"version {FORMAT_VERSION}); upgrade mobilenet-np or re-convert the weights")
             architecture = _attribute(attrs, "architecture", path)
             architecture = architecture.decode() if isinstance(architecture, bytes) else architecture
-            if architecture not in architectures():
+            if architecture not in ARCHITECTURES:
                 raise WeightsError(f"{path}: root attribute 'architecture' is {architecture!r}, "
-                                   f"expected one of {sorted(architectures())}")
+                                   f"expected one of {sorted(ARCHITECTURES)}")
             config = _json_attribute(attrs, "config", path)
             if not isinstance(config, dict):
                 raise WeightsError(f"{path}: root attribute 'config' must be a JSON object")
@@ -167,32 +158,3 @@ def read_weights(path) -> WeightsFile:
         raise WeightsError(f"{path}: damaged weights file ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
     return WeightsFile(path, architecture, config, tensors, {int(k): v for k, v in id2label.items()}
                        if isinstance(id2label, dict) else {}, image_processor or {}, provenance or {})
-
-
-def load_model(path, model_class: type | None = None):
-    """Build the model stored in a weights file (the class named by its architecture, or `model_class`).
-
-    `model_class` may be the stored architecture or its base model (e.g. MobileNetV2Model from a
-    MobileNetV2ForImageClassification file: the classifier is dropped, as in transformers).
-    """
-    from .errors import ConfigError
-
-    weights = read_weights(path)
-    stored = architectures()[weights.architecture]
-    cls = stored if model_class is None else model_class
-    if cls is not stored and not (cls.config_class is stored.config_class and cls.__name__.endswith("Model")):
-        raise WeightsError(f"{path}: holds a {weights.architecture}, which cannot be loaded as a {cls.__name__}")
-    try:
-        config = cls.config_class.from_dict(weights.config)
-    except ConfigError as e:
-        raise WeightsError(f"{path}: {e}") from None
-    model = cls(config, seed=None)
-    model.load_state_dict(weights.tensors, source=str(path))
-    model.metadata = {"path": str(path), "architecture": weights.architecture,
-                      "image_processor": weights.image_processor, "provenance": weights.provenance}
-    return model
-
-
-def load(path):
-    """Load a weights file as the architecture it stores (`mobilenet_np.load("weights.h5")`)."""
-    return load_model(path)

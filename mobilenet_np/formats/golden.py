@@ -29,8 +29,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import MobileNetError
-from .fileio import atomic_output, file_sha256, open_hdf5  # noqa: F401  (file_sha256: part of this API)
+from .. import tables
+from ..errors import MobileNetError
+from ..fileio import atomic_output, file_sha256, open_hdf5  # noqa: F401  (file_sha256: part of this API)
 
 FORMAT_NAME = "mobilenet-np-golden"
 FORMAT_VERSION = 1
@@ -79,24 +80,6 @@ def seeded_input(seed: int, height: int, width: int, num_channels: int = 3, dtyp
     pixel_values = seeded_pixel_values(seed, height, width, num_channels, dtype=dtype)
     info = {"source": "seed", "seed": int(seed), "generator": SEEDED_INPUT_GENERATOR,
             "shape": list(pixel_values.shape)}
-    return pixel_values, info
-
-
-def image_input(path, image_processor: dict[str, Any], architecture: str, dtype=np.float32):
-    """(pixel values (1, 3, H, W), the `input` attribute describing them) for `--image`.
-
-    The image goes through mobilenet_np's image processor, configured by the weights file's
-    preprocessor dict (transformers' defaults for the architecture when the file has none). Both
-    recorders (`golden`, `golden-torch`) use this function, so both networks see the same pixels: a
-    golden file compares networks, not image decoders.
-    """
-    from .image_processing import image_processor_class
-
-    processor_class = image_processor_class(image_processor.get("image_processor_type") or architecture)
-    processor = processor_class.from_dict(image_processor)
-    pixel_values = processor(str(path))["pixel_values"].astype(dtype)                # (1, 3, H, W)
-    info = {"source": "image", "path": str(path), "sha256": file_sha256(path),
-            "image_processor": processor.to_dict(), "shape": list(pixel_values.shape)}
     return pixel_values, info
 
 
@@ -461,11 +444,7 @@ def format_table(comparison: Comparison) -> str:
         rows.append((">>" if row is first else "", str(row.index), row.name, shape_text,
                      _number(row.max_abs_error, ".2e"), _number(row.max_rel_error, ".2e"), out,
                      _number(row.cosine_similarity, ".8f"), row.status))
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    right_aligned = {1, 4, 5, 6, 7}
-    lines = ["  ".join(cell.rjust(w) if i in right_aligned else cell.ljust(w)
-                       for i, (cell, w) in enumerate(zip(r, widths))).rstrip() for r in [header, *rows]]
-    return "\n".join(lines)
+    return tables.format_table(header, rows, align="lrllrrrrl", rule=False)
 
 
 def summary_lines(comparison: Comparison) -> Iterable[str]:

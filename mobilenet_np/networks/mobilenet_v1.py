@@ -13,10 +13,10 @@ import dataclasses
 from typing import Iterator
 
 
-from . import ops
-from .configuration_utils import PretrainedConfig
-from .modeling_utils import (BaseModelOutputWithPoolingAndNoAttention, ConvLayer, classifier_shapes, classify,
-                             ImageClassifierOutputWithNoAttention, PreTrainedModel)
+from ..configuration_utils import PretrainedConfig
+from ..layers import ConvLayer, Graph
+from ..outputs import BaseModelOutputWithPoolingAndNoAttention
+from .base import BackboneModel, ImageClassificationModel
 
 
 @dataclasses.dataclass
@@ -68,15 +68,11 @@ def scaled_channels(config: MobileNetV1Config, channels: int) -> int:
     return max(int(channels * config.depth_multiplier), config.min_depth)
 
 
-class MobileNetV1Model(PreTrainedModel):
+class MobileNetV1Model(BackboneModel):
     """The MobileNet V1 backbone: stem + 13 separable blocks (+ global average pooling)."""
 
     config_class = MobileNetV1Config
     base_model_prefix = "mobilenet_v1"
-
-    def __init__(self, config: MobileNetV1Config, seed: int | None = 0, add_pooling_layer: bool = True, **kwargs):
-        self.add_pooling_layer = add_pooling_layer
-        super().__init__(config, seed, **kwargs)
 
     def _build(self) -> None:
         c, p = self.config, self.prefix
@@ -103,33 +99,19 @@ class MobileNetV1Model(PreTrainedModel):
         for layer in self.layer:                               # 26 layers, down to (N, 1024a, H/32, W/32)
             x = layer(x, self.params, record)
             hidden_states.append(x)
-        pooled = None
-        if self.add_pooling_layer:
-            pooled = ops.global_avg_pool2d(x)                  # (N, 1024a, 1, 1)
-            record(f"{self.prefix}pooler", pooled)
-            pooled = pooled.reshape(pooled.shape[0], -1)       # (N, 1024a)
+        pooled = self.pool(x, record) if self.add_pooling_layer else None   # (N, 1024a)
         return BaseModelOutputWithPoolingAndNoAttention(
             last_hidden_state=x, pooler_output=pooled,
             hidden_states=tuple(hidden_states) if output_hidden_states else None)
 
+    def backbone_graph(self) -> Graph:
+        # the stem, then the 26 layers, each one a hidden state
+        return Graph(units=(self.conv_stem, *self.layer), hidden_states=tuple(range(1, len(self.layer) + 1)))
 
-class MobileNetV1ForImageClassification(PreTrainedModel):
+
+class MobileNetV1ForImageClassification(ImageClassificationModel):
     """MobileNet V1 with its linear classifier on the pooled features (ImageNet: 1001 classes)."""
 
     config_class = MobileNetV1Config
     base_model_prefix = "mobilenet_v1"
-
-    def _build(self) -> None:
-        self.mobilenet_v1 = MobileNetV1Model(self.config, seed=None, params=self.params, prefix="mobilenet_v1.")
-
-    def conv_layers(self) -> Iterator[ConvLayer]:
-        return self.mobilenet_v1.conv_layers()
-
-    def parameter_shapes(self):
-        head = classifier_shapes(self.config.num_labels, self.mobilenet_v1.hidden_size)
-        return {**self.mobilenet_v1.parameter_shapes(), **head}
-
-    def forward(self, pixel_values, output_hidden_states, record):
-        outputs = self.mobilenet_v1.forward(pixel_values, output_hidden_states, record)
-        logits = classify(outputs.pooler_output, self.params, self.config.num_labels, record)  # (N, num_labels)
-        return ImageClassifierOutputWithNoAttention(logits=logits, hidden_states=outputs.hidden_states)
+    backbone_class = MobileNetV1Model

@@ -18,10 +18,10 @@ import dataclasses
 from typing import Iterator
 
 
-from . import ops
-from .configuration_utils import PretrainedConfig, _check, _check_int, _is_number
-from .modeling_utils import (BaseModelOutputWithPoolingAndNoAttention, ConvLayer, classifier_shapes, classify,
-                             ImageClassifierOutputWithNoAttention, PreTrainedModel)
+from ..configuration_utils import PretrainedConfig, _check, _check_int, _is_number
+from ..layers import ConvLayer, Graph, InvertedResidual
+from ..outputs import BaseModelOutputWithPoolingAndNoAttention
+from .base import BackboneModel, ImageClassificationModel
 
 
 @dataclasses.dataclass
@@ -95,27 +95,6 @@ def scaled_channels(config: MobileNetV2Config, channels: int) -> int:
     return make_divisible(int(round(channels * config.depth_multiplier)), config.depth_divisible_by, config.min_depth)
 
 
-@dataclasses.dataclass(frozen=True)
-class InvertedResidual:
-    """One block `layer.i`: expand_1x1 -> conv_3x3 (depthwise) -> reduce_1x1 (linear) [+ input]."""
-
-    name: str
-    expand_1x1: ConvLayer
-    conv_3x3: ConvLayer
-    reduce_1x1: ConvLayer
-    use_residual: bool
-
-    def __call__(self, x, params, record):
-        residual = x
-        x = self.expand_1x1(x, params, record)     # (N, t*C, H, W)
-        x = self.conv_3x3(x, params, record)       # (N, t*C, H/s, W/s)
-        x = self.reduce_1x1(x, params, record)     # (N, C', H/s, W/s)
-        if self.use_residual:
-            x = residual + x
-        record(self.name, x)
-        return x
-
-
 def _conv(config, name, in_channels, out_channels, kernel_size, stride=1, dilation=1, depthwise=False,
           activation=True) -> ConvLayer:
     return ConvLayer(name, in_channels, out_channels, kernel_size, stride, dilation,
@@ -123,28 +102,26 @@ def _conv(config, name, in_channels, out_channels, kernel_size, stride=1, dilati
                      activation=config.hidden_act if activation else None, tf_padding=config.tf_padding)
 
 
-class MobileNetV2Model(PreTrainedModel):
+class MobileNetV2Model(BackboneModel):
     """The MobileNet V2 backbone: stem, 16 inverted residual blocks, 1x1 conv (+ global average pooling)."""
 
     config_class = MobileNetV2Config
     base_model_prefix = "mobilenet_v2"
 
-    def __init__(self, config: MobileNetV2Config, seed: int | None = 0, add_pooling_layer: bool = True, **kwargs):
-        self.add_pooling_layer = add_pooling_layer
-        super().__init__(config, seed, **kwargs)
-
     def _build(self) -> None:
         c, p = self.config, self.prefix
         stem_channels = scaled_channels(c, STEM_CHANNELS)
         channels = scaled_channels(c, STEM_OUTPUT_CHANNELS)
-        # The stem: 3x3 conv with stride 2, [1x1 expand], 3x3 depthwise, linear 1x1 projection.
-        self.conv_stem = [_conv(c, f"{p}conv_stem.first_conv", c.num_channels, stem_channels, 3, stride=2)]
-        if not c.first_layer_is_expansion:
-            self.conv_stem.append(_conv(c, f"{p}conv_stem.expand_1x1", stem_channels, stem_channels, 1))
-        self.conv_stem += [
-            _conv(c, f"{p}conv_stem.conv_3x3", stem_channels, stem_channels, 3, depthwise=True),
-            _conv(c, f"{p}conv_stem.reduce_1x1", stem_channels, channels, 1, activation=False),
-        ]
+        # The stem (transformers' `conv_stem`): a 3x3 conv with stride 2, then a block without residual:
+        # [1x1 expand], 3x3 depthwise, linear 1x1 projection.
+        self.first_conv = _conv(c, f"{p}conv_stem.first_conv", c.num_channels, stem_channels, 3, stride=2)
+        self.conv_stem = InvertedResidual(
+            f"{p}conv_stem",
+            expand_1x1=None if c.first_layer_is_expansion else
+            _conv(c, f"{p}conv_stem.expand_1x1", stem_channels, stem_channels, 1),
+            conv_3x3=_conv(c, f"{p}conv_stem.conv_3x3", stem_channels, stem_channels, 3, depthwise=True),
+            reduce_1x1=_conv(c, f"{p}conv_stem.reduce_1x1", stem_channels, channels, 1, activation=False),
+            use_residual=False)
 
         # The blocks. Once the feature map is output_stride times smaller than the input, further
         # strides become dilations instead (atrous convolution), starting with the next block.
@@ -176,49 +153,33 @@ class MobileNetV2Model(PreTrainedModel):
         self.hidden_size = last_channels
 
     def conv_layers(self) -> Iterator[ConvLayer]:
-        yield from self.conv_stem
-        for block in self.layer:
-            yield from (block.expand_1x1, block.conv_3x3, block.reduce_1x1)
+        yield self.first_conv
+        for block in (self.conv_stem, *self.layer):
+            yield from block.conv_layers()
         yield self.conv_1x1
 
-    def forward(self, pixel_values, output_hidden_states, record, compute_conv_1x1: bool = True):
-        x = pixel_values
-        for conv in self.conv_stem:                      # (N, 3, H, W) -> (N, 16a, H/2, W/2)
-            x = conv(x, self.params, record)
-        record(f"{self.prefix}conv_stem", x)
+    def forward(self, pixel_values, output_hidden_states, record):
+        x = self.first_conv(pixel_values, self.params, record)      # (N, 32a, H/2, W/2)
+        x = self.conv_stem(x, self.params, record)                  # (N, 16a, H/2, W/2)
         hidden_states = []
-        for block in self.layer:                         # 16 blocks, down to (N, 320a, H/32, W/32)
+        for block in self.layer:                                    # 16 blocks, down to (N, 320a, H/32, W/32)
             x = block(x, self.params, record)
             hidden_states.append(x)
-        last_hidden_state = pooled = None
-        if compute_conv_1x1:
-            last_hidden_state = self.conv_1x1(x, self.params, record)  # (N, 1280, H/32, W/32)
-        if self.add_pooling_layer:
-            pooled = ops.global_avg_pool2d(last_hidden_state)          # (N, 1280, 1, 1)
-            record(f"{self.prefix}pooler", pooled)
-            pooled = pooled.reshape(pooled.shape[0], -1)               # (N, 1280)
+        last_hidden_state = self.conv_1x1(x, self.params, record)  # (N, 1280, H/32, W/32)
+        pooled = self.pool(last_hidden_state, record) if self.add_pooling_layer else None   # (N, 1280)
         return BaseModelOutputWithPoolingAndNoAttention(
             last_hidden_state=last_hidden_state, pooler_output=pooled,
             hidden_states=tuple(hidden_states) if output_hidden_states else None)
 
+    def backbone_graph(self, conv_1x1: bool = True) -> Graph:
+        # first conv, stem block, the 16 blocks (each a hidden state), conv_1x1 (DeepLab leaves it out)
+        units = (self.first_conv, self.conv_stem, *self.layer) + ((self.conv_1x1,) if conv_1x1 else ())
+        return Graph(units=units, hidden_states=tuple(range(2, 2 + len(self.layer))))
 
-class MobileNetV2ForImageClassification(PreTrainedModel):
+
+class MobileNetV2ForImageClassification(ImageClassificationModel):
     """MobileNet V2 with its linear classifier on the pooled features (ImageNet: 1001 classes)."""
 
     config_class = MobileNetV2Config
     base_model_prefix = "mobilenet_v2"
-
-    def _build(self) -> None:
-        self.mobilenet_v2 = MobileNetV2Model(self.config, seed=None, params=self.params, prefix="mobilenet_v2.")
-
-    def conv_layers(self) -> Iterator[ConvLayer]:
-        return self.mobilenet_v2.conv_layers()
-
-    def parameter_shapes(self):
-        head = classifier_shapes(self.config.num_labels, self.mobilenet_v2.hidden_size)
-        return {**self.mobilenet_v2.parameter_shapes(), **head}
-
-    def forward(self, pixel_values, output_hidden_states, record):
-        outputs = self.mobilenet_v2.forward(pixel_values, output_hidden_states, record)
-        logits = classify(outputs.pooler_output, self.params, self.config.num_labels, record)  # (N, num_labels)
-        return ImageClassifierOutputWithNoAttention(logits=logits, hidden_states=outputs.hidden_states)
+    backbone_class = MobileNetV2Model

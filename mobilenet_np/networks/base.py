@@ -1,167 +1,63 @@
-"""The pieces the three networks share: the conv layer, the output objects and the model base class.
+"""The model base class: weights bookkeeping (random init, state_dict, loading, saving) and running.
 
-A network here is a list of layer descriptions (built from the config, see the network files) plus
-one flat dict of weights, `model.params`, keyed exactly like the transformers state_dict
-(e.g. "mobilenet_v2.layer.3.conv_3x3.convolution.weight"). Nothing is hidden in objects: a layer
-reads its weights from that dict by name.
+A network here is a list of layer descriptions (mobilenet_np/layers.py, built from the config in the
+network files) plus one flat dict of weights, `model.params`, keyed exactly like the transformers
+state_dict. `model(pixel_values)` runs the network's graph on the fast engine (mobilenet_np/fast/),
+or its readable `forward` when asked (`fast=False`, `model.reference = True`, or a `record` callback).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
-from . import ops
-from .errors import ShapeError, WeightsError
-
-# record(name, tensor) is called with every intermediate tensor when a caller asks for it (golden
-# references, notebooks); `name` is the transformers module path that produced the tensor.
-Recorder = Callable[[str, np.ndarray], None]
-
-
-def no_record(name: str, tensor: np.ndarray) -> None:
-    pass
+from ..errors import ConfigError, ShapeError, WeightsError
+from ..fast import EngineSettings, PlanCache
+from ..formats.weights import WeightsFile, read_weights, save_weights
+from .. import ops
+from ..layers import ConvLayer, Graph, Recorder, classifier_shapes, classify, no_record
+from ..outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention, ModelOutput
+from ..registry import ARCHITECTURES, base_architecture
 
 
-ACTIVATIONS = {"relu": ops.relu, "relu6": ops.relu6}
+class ParameterDict(dict):
+    """The model's weights by state_dict key, with a version number that every change through it bumps.
 
-
-@dataclasses.dataclass(frozen=True)
-class ConvLayer:
-    """One transformers `MobileNetV*ConvLayer`: [TF "SAME" pad] -> conv -> [BatchNorm] -> [activation].
-
-    `name` is the state_dict prefix, e.g. "mobilenet_v2.layer.3.conv_3x3"; its weights are
-    `{name}.convolution.weight` (C_out, C_in / groups, k, k), optionally `{name}.convolution.bias`,
-    and, with BatchNorm, `{name}.normalization.{weight,bias,running_mean,running_var,num_batches_tracked}`.
+    The fast engine keeps BatchNorm-folded copies of the weights per version: assigning an entry
+    (`params[key] = array`), `update`, `load_state_dict` or an optimizer step (which calls
+    `mark_changed()` after writing in place) make the next call fold them again. Code that writes into
+    a weight array in place by other means calls `model.params.mark_changed()` after it.
     """
 
-    name: str
-    in_channels: int
-    out_channels: int
-    kernel_size: int
-    stride: int = 1
-    dilation: int = 1
-    groups: int = 1
-    bias: bool = False
-    norm_eps: float | None = 1e-3    # None: no BatchNorm
-    activation: str | None = "relu6"  # "relu6", "relu" or None (a linear layer)
-    tf_padding: bool = True
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.version = 0
 
-    @property
-    def kind(self) -> str:
-        """'depthwise', 'pointwise' or 'conv': what the layer does, for summaries and the fast path."""
-        if self.groups == self.in_channels and self.groups > 1:
-            return "depthwise"
-        return "pointwise" if self.kernel_size == 1 and self.groups == 1 else "conv"
+    def mark_changed(self) -> None:
+        self.version += 1
 
-    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
-        k = self.kernel_size
-        shapes = {f"{self.name}.convolution.weight": (self.out_channels, self.in_channels // self.groups, k, k)}
-        if self.bias:
-            shapes[f"{self.name}.convolution.bias"] = (self.out_channels,)
-        if self.norm_eps is not None:
-            for p in ("weight", "bias", "running_mean", "running_var"):
-                shapes[f"{self.name}.normalization.{p}"] = (self.out_channels,)
-            shapes[f"{self.name}.normalization.num_batches_tracked"] = ()
-        return shapes
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.mark_changed()
 
-    def padding(self, height: int, width: int) -> tuple[int, int, int, int]:
-        """(top, bottom, left, right) zero padding for an input of this size."""
-        if self.tf_padding:  # TensorFlow "SAME": depends on the input size, extra pixel bottom/right
-            top, bottom = ops.tf_same_padding_amounts(height, self.kernel_size, self.stride, self.dilation)
-            left, right = ops.tf_same_padding_amounts(width, self.kernel_size, self.stride, self.dilation)
-            return top, bottom, left, right
-        p = (self.kernel_size - 1) // 2 * self.dilation  # PyTorch-style symmetric padding
-        return p, p, p, p
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        self.mark_changed()
 
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        top, bottom, left, right = self.padding(height, width)
-        return (ops.conv_output_size(height, self.kernel_size, self.stride, top + bottom, self.dilation),
-                ops.conv_output_size(width, self.kernel_size, self.stride, left + right, self.dilation))
+    def update(self, *args, **kwargs):
+        super().update(*args, **kwargs)
+        self.mark_changed()
 
-    def __call__(self, x: np.ndarray, params: dict[str, np.ndarray], record: Recorder = no_record) -> np.ndarray:
-        if self.tf_padding:
-            x = ops.pad_tf_same(x, self.kernel_size, self.stride, self.dilation)
-            padding = 0
-        else:
-            padding = (self.kernel_size - 1) // 2 * self.dilation
-        x = ops.conv2d(x, params[f"{self.name}.convolution.weight"], params.get(f"{self.name}.convolution.bias"),
-                       stride=self.stride, padding=padding, dilation=self.dilation, groups=self.groups)
-        record(f"{self.name}.convolution", x)                       # (N, C_out, H_out, W_out)
-        if self.norm_eps is not None:
-            p = f"{self.name}.normalization."
-            x = ops.batch_norm(x, params[p + "running_mean"], params[p + "running_var"],
-                               params[p + "weight"], params[p + "bias"], self.norm_eps)
-            record(f"{self.name}.normalization", x)
-        if self.activation is not None:
-            x = ACTIVATIONS[self.activation](x)
-            record(f"{self.name}.activation", x)
-        record(self.name, x)
-        return x
+    def clear(self):
+        super().clear()
+        self.mark_changed()
 
-
-def classifier_shapes(num_labels: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
-    """The image-classification head's weights; transformers uses nn.Identity (no weights) for 0 labels."""
-    if num_labels == 0:
-        return {}
-    return {"classifier.weight": (num_labels, hidden_size), "classifier.bias": (num_labels,)}
-
-
-def classify(pooled: np.ndarray, params: dict[str, np.ndarray], num_labels: int, record: Recorder) -> np.ndarray:
-    """(N, hidden_size) pooled features -> (N, num_labels) logits. Dropout is the identity at inference."""
-    logits = pooled
-    if num_labels > 0:
-        logits = ops.linear(pooled, params["classifier.weight"], params["classifier.bias"])  # (N, num_labels)
-    record("classifier", logits)
-    return logits
-
-
-# --------------------------------------------------------------------------------------------------
-# outputs: the transformers output classes, with the same names and fields
-# --------------------------------------------------------------------------------------------------
-
-class ModelOutput:
-    """Fields by attribute (`out.logits`), by key (`out["logits"]`) or as a tuple of the non-None fields."""
-
-    def __getitem__(self, key):
-        if isinstance(key, str):
-            return getattr(self, key)
-        return self.to_tuple()[key]
-
-    def keys(self) -> list[str]:
-        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
-
-    def to_tuple(self) -> tuple:
-        return tuple(getattr(self, k) for k in self.keys())
-
-
-@dataclasses.dataclass
-class BaseModelOutputWithPoolingAndNoAttention(ModelOutput):
-    last_hidden_state: np.ndarray = None          # (N, C, h, w)
-    pooler_output: np.ndarray | None = None       # (N, C)
-    hidden_states: tuple[np.ndarray, ...] | None = None
-
-
-@dataclasses.dataclass
-class ImageClassifierOutputWithNoAttention(ModelOutput):
-    loss: None = None                             # inference only: always None
-    logits: np.ndarray = None                     # (N, num_labels)
-    hidden_states: tuple[np.ndarray, ...] | None = None
-
-
-@dataclasses.dataclass
-class SemanticSegmenterOutput(ModelOutput):
-    loss: None = None
-    logits: np.ndarray = None                     # (N, num_labels, h, w): at the feature map's resolution
-    hidden_states: tuple[np.ndarray, ...] | None = None
-    attentions: None = None
-
-
-# --------------------------------------------------------------------------------------------------
-# the model base class
-# --------------------------------------------------------------------------------------------------
+    def pop(self, *args):
+        value = super().pop(*args)
+        self.mark_changed()
+        return value
 
 class PreTrainedModel:
     """Weights bookkeeping for every network: random init, state_dict, loading and saving.
@@ -184,7 +80,9 @@ class PreTrainedModel:
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
         self.prefix = prefix
-        self.params: dict[str, np.ndarray] = {} if params is None else params
+        self.params: ParameterDict = ParameterDict() if params is None else params
+        self.engine = EngineSettings()   # the fast path's threads and band sizes (mobilenet_np/fast/settings.py)
+        self._plans = PlanCache()
         self._build()
         if params is None and seed is not None:
             self.params.update(random_parameters(self.parameter_shapes(), seed))
@@ -205,6 +103,15 @@ class PreTrainedModel:
         return shapes
 
     def forward(self, pixel_values: np.ndarray, output_hidden_states: bool, record: Recorder) -> ModelOutput:
+        """The readable path: every layer in NCHW, each intermediate tensor passed to `record`."""
+        raise NotImplementedError
+
+    def graph(self) -> Graph:
+        """What the network computes, unit by unit, for the fast engine (mobilenet_np/layers.py: Graph)."""
+        raise NotImplementedError
+
+    def outputs_from(self, result: dict[str, Any], output_hidden_states: bool) -> ModelOutput:
+        """This architecture's output object from the engine's arrays ("last", "pooled", "logits", "hidden_states")."""
         raise NotImplementedError
 
     # -- running --------------------------------------------------------------------------------------
@@ -216,7 +123,7 @@ class PreTrainedModel:
 
         `record(name, tensor)`, when given, receives every intermediate tensor under its transformers
         module path. Returns the transformers output object of this architecture.
-        Without `record`, the fast path (mobilenet_np/fast.py: the same layers, BatchNorm folded,
+        Without `record`, the fast engine (mobilenet_np/fast/: the same layers, BatchNorm folded,
         channels-last) computes it, unless `fast=False` or `self.reference` asks for `forward` below.
         """
         pixel_values = check_pixel_values(pixel_values, self.config.num_channels)
@@ -224,8 +131,8 @@ class PreTrainedModel:
         if missing:
             raise WeightsError(f"{type(self).__name__} has no weights for {len(missing)} tensors, e.g. {missing[0]}")
         if record is None and (not self.reference if fast is None else fast):
-            from .fast import fast_forward
-            return fast_forward(self, pixel_values, output_hidden_states)
+            result = self._plans.run(self.graph(), self.params, pixel_values, output_hidden_states, self.engine)
+            return self.outputs_from(result, output_hidden_states)
         record = no_record if record is None else record
         record("pixel_values", pixel_values)
         return self.forward(pixel_values, output_hidden_states, record)
@@ -272,7 +179,7 @@ class PreTrainedModel:
             elif key.endswith("running_var") and np.any(value < 0):
                 problems.append(f"{key} has negative variances")
             else:
-                loaded[key] = value
+                loaded[key] = np.array(value, copy=True)   # the model's own copy: the caller's array stays theirs
         if problems:
             raise WeightsError(f"{source}: weights do not fit {type(self).__name__}: " + "; ".join(problems))
         self.params.clear()
@@ -281,12 +188,33 @@ class PreTrainedModel:
     @classmethod
     def from_pretrained(cls, path, **kwargs):
         """Load a mobilenet-np HDF5 weights file (see docs/weights_format.md)."""
-        from .weights import load_model
-        return load_model(path, model_class=cls, **kwargs)
+        return cls.from_weights_file(read_weights(path), **kwargs)
+
+    @classmethod
+    def from_weights_file(cls, weights: WeightsFile):
+        """The model of a weights file read by formats.weights.read_weights, as this class.
+
+        The file may hold this architecture or a head on this backbone (e.g. MobileNetV2Model from a
+        MobileNetV2ForImageClassification file: the classifier is dropped, as in transformers).
+        """
+        path = weights.path
+        if weights.architecture not in ARCHITECTURES:
+            raise WeightsError(f"{path}: root attribute 'architecture' is {weights.architecture!r}, "
+                               f"expected one of {sorted(ARCHITECTURES)}")
+        if cls.__name__ not in (weights.architecture, base_architecture(weights.architecture)):
+            raise WeightsError(f"{path}: holds a {weights.architecture}, which cannot be loaded as a {cls.__name__}")
+        try:
+            config = cls.config_class.from_dict(weights.config)
+        except ConfigError as e:
+            raise WeightsError(f"{path}: {e}") from None
+        model = cls(config, seed=None)
+        model.load_state_dict(weights.tensors, source=str(path))
+        model.metadata = {"path": str(path), "architecture": weights.architecture,
+                          "image_processor": weights.image_processor, "provenance": weights.provenance}
+        return model
 
     def save_pretrained(self, path, overwrite: bool = False, **metadata) -> None:
         """Write the weights, the config and `metadata` (image_processor, provenance) to an HDF5 file."""
-        from .weights import save_weights
         save_weights(path, self.state_dict(), type(self).__name__, self.config.to_dict(),
                      overwrite=overwrite, **metadata)
 
@@ -354,3 +282,70 @@ def random_parameters(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str
             value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
         params[key] = value.astype(np.float32) if value.dtype.kind == "f" else value
     return params
+
+
+# --------------------------------------------------------------------------------------------------
+# what MobileNet V1 and V2 share: the backbone's outputs, and the image-classification head
+# --------------------------------------------------------------------------------------------------
+
+class BackboneModel(PreTrainedModel):
+    """MobileNetV1Model / MobileNetV2Model: the layers of `backbone_graph()`, then global average pooling."""
+
+    def __init__(self, config, seed: int | None = 0, add_pooling_layer: bool = True, **kwargs):
+        self.add_pooling_layer = add_pooling_layer
+        super().__init__(config, seed, **kwargs)
+
+    def backbone_graph(self) -> Graph:
+        """The backbone's units and which of them are hidden states (each network file says)."""
+        raise NotImplementedError
+
+    def pool(self, x: np.ndarray, record: Recorder) -> np.ndarray:
+        """transformers' pooler: (N, C, h, w) -> (N, C), the mean over the feature map."""
+        pooled = ops.global_avg_pool2d(x)                  # (N, C, 1, 1)
+        record(f"{self.prefix}pooler", pooled)
+        return pooled.reshape(pooled.shape[0], -1)         # (N, C)
+
+    def graph(self) -> Graph:
+        return dataclasses.replace(self.backbone_graph(),
+                                   pool=f"{self.prefix}pooler" if self.add_pooling_layer else None)
+
+    def outputs_from(self, result, output_hidden_states):
+        return BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=result["last"], pooler_output=result["pooled"],
+            hidden_states=result["hidden_states"] if output_hidden_states else None)
+
+
+class ImageClassificationModel(PreTrainedModel):
+    """MobileNetV1/V2ForImageClassification: the backbone, then dropout (the identity at inference) and a
+    linear classifier on the pooled features (`classifier`, nn.Identity in transformers for 0 labels)."""
+
+    backbone_class: ClassVar[type[BackboneModel]]
+
+    @property
+    def backbone(self) -> BackboneModel:
+        return getattr(self, self.base_model_prefix)
+
+    def _build(self) -> None:
+        setattr(self, self.base_model_prefix, self.backbone_class(self.config, seed=None, params=self.params,
+                                                                  prefix=f"{self.base_model_prefix}."))
+
+    def conv_layers(self) -> Iterator[ConvLayer]:
+        return self.backbone.conv_layers()
+
+    def parameter_shapes(self):
+        head = classifier_shapes(self.config.num_labels, self.backbone.hidden_size)
+        return {**self.backbone.parameter_shapes(), **head}
+
+    def forward(self, pixel_values, output_hidden_states, record):
+        outputs = self.backbone.forward(pixel_values, output_hidden_states, record)
+        logits = classify(outputs.pooler_output, self.params, self.config.num_labels, record)  # (N, num_labels)
+        return ImageClassifierOutputWithNoAttention(logits=logits, hidden_states=outputs.hidden_states)
+
+    def graph(self) -> Graph:
+        return dataclasses.replace(self.backbone.backbone_graph(), pool=f"{self.base_model_prefix}.pooler",
+                                   classifier="classifier" if self.config.num_labels > 0 else None)
+
+    def outputs_from(self, result, output_hidden_states):
+        logits = result["logits"] if self.config.num_labels > 0 else result["pooled"]
+        return ImageClassifierOutputWithNoAttention(
+            logits=logits, hidden_states=result["hidden_states"] if output_hidden_states else None)

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import numpy as np
-
-from . import ops
+from ..layers import ConvLayer, Graph, ImagePoolingASPP
+from ..outputs import SemanticSegmenterOutput
+from .base import PreTrainedModel
 from .mobilenet_v2 import MobileNetV2Config, MobileNetV2Model, scaled_channels
-from .modeling_utils import ConvLayer, PreTrainedModel, SemanticSegmenterOutput, no_record
 
 HEAD_CHANNELS = 256
 HEAD_NORM_EPS = 1e-5
@@ -40,32 +39,37 @@ class MobileNetV2ForSemanticSegmentation(PreTrainedModel):
                                              prefix="mobilenet_v2.")
         features = scaled_channels(c, 320)
         head = dict(norm_eps=HEAD_NORM_EPS, activation="relu", tf_padding=c.tf_padding)
-        self.conv_pool = ConvLayer("segmentation_head.conv_pool", features, HEAD_CHANNELS, 1, **head)
-        self.conv_aspp = ConvLayer("segmentation_head.conv_aspp", features, HEAD_CHANNELS, 1, **head)
-        self.conv_projection = ConvLayer("segmentation_head.conv_projection", 2 * HEAD_CHANNELS, HEAD_CHANNELS, 1, **head)
+        self.segmentation_head = ImagePoolingASPP(
+            "segmentation_head",
+            conv_pool=ConvLayer("segmentation_head.conv_pool", features, HEAD_CHANNELS, 1, **head),
+            conv_aspp=ConvLayer("segmentation_head.conv_aspp", features, HEAD_CHANNELS, 1, **head),
+            conv_projection=ConvLayer("segmentation_head.conv_projection", 2 * HEAD_CHANNELS, HEAD_CHANNELS, 1,
+                                      **head))
         self.classifier = ConvLayer("segmentation_head.classifier", HEAD_CHANNELS, c.num_labels, 1, bias=True,
                                     norm_eps=None, activation=None, tf_padding=c.tf_padding)
 
     def conv_layers(self) -> Iterator[ConvLayer]:
         yield from self.mobilenet_v2.conv_layers()
-        yield from (self.conv_pool, self.conv_aspp, self.conv_projection, self.classifier)
+        yield from self.segmentation_head.conv_layers()
+        yield self.classifier
 
     def forward(self, pixel_values, output_hidden_states, record):
-        # transformers also runs the backbone's conv_1x1, whose output nothing uses. We run it only
-        # when someone records the intermediate tensors, so that golden files list the same tensors.
-        outputs = self.mobilenet_v2.forward(pixel_values, True, record,
-                                            compute_conv_1x1=record is not no_record)
+        # transformers runs the whole backbone, conv_1x1 included, although the head reads the last
+        # block's output (hidden_states[-1]) and nothing uses conv_1x1's.
+        outputs = self.mobilenet_v2.forward(pixel_values, True, record)
         features = outputs.hidden_states[-1]                                  # (N, 320a, h, w)
-        size = features.shape[-2:]
-
-        pooled = ops.global_avg_pool2d(features)                              # (N, 320a, 1, 1)
-        record("segmentation_head.avg_pool", pooled)
-        pooled = self.conv_pool(pooled, self.params, record)                  # (N, 256, 1, 1)
-        pooled = ops.interpolate_bilinear(pooled, size, align_corners=True)   # (N, 256, h, w): a broadcast
-        aspp = self.conv_aspp(features, self.params, record)                  # (N, 256, h, w)
-        x = np.concatenate([pooled, aspp], axis=1)                            # (N, 512, h, w)
-        x = self.conv_projection(x, self.params, record)                      # (N, 256, h, w)
+        x = self.segmentation_head(features, self.params, record)             # (N, 256, h, w)
         logits = self.classifier(x, self.params, record)                      # (N, num_labels, h, w)
         record("segmentation_head", logits)
         return SemanticSegmenterOutput(logits=logits,
                                        hidden_states=outputs.hidden_states if output_hidden_states else None)
+
+    def graph(self) -> Graph:
+        backbone = self.mobilenet_v2.backbone_graph(conv_1x1=False)
+        return Graph(units=(*backbone.units, self.segmentation_head, self.classifier),
+                     hidden_states=backbone.hidden_states,
+                     unused=((len(backbone.units) - 1, self.mobilenet_v2.conv_1x1),))
+
+    def outputs_from(self, result, output_hidden_states):
+        return SemanticSegmenterOutput(logits=result["last"],
+                                       hidden_states=result["hidden_states"] if output_hidden_states else None)
