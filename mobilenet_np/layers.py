@@ -156,7 +156,7 @@ class InvertedResidual:
 
 @dataclasses.dataclass(frozen=True)
 class ImagePoolingASPP:
-    """DeepLabV3's head (transformers' `segmentation_head`) up to its classifier:
+    r"""DeepLabV3's head (transformers' `segmentation_head`) up to its classifier:
 
         features (N, C, h, w) --> global average pool -> conv_pool (1x1) -> broadcast to (h, w) --+
                              \-> conv_aspp (1x1) ------------------------------------------------+-> concat

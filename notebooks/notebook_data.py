@@ -3,7 +3,7 @@
 Real data lives beside the checkout, in ../shared/data (set MOBILENET_NP_SHARED_DATA to use another
 folder). When it is there, a notebook imports a real TFLite or Keras checkpoint into a temporary folder
 with weights_tools and loads it with mobilenet_np. When it is not, the notebook tries the Hugging Face
-Hub (mobilenet_np.hub: download and convert a published transformers checkpoint, once, into the
+Hub (weights_tools.hub: download and convert a published transformers checkpoint, once, into the
 mobilenet-np cache). When that fails too (offline), it falls back to random weights (and a synthetic
 image), and says loudly that its predictions mean nothing: everything that compares mobilenet_np with
 PyTorch still holds, since both get the same random weights.
@@ -73,7 +73,7 @@ class Checkpoint:
 
 def random_model(architecture: str, seed: int = 0, **config):
     """A mobilenet_np model with seeded random weights (see modeling_utils.random_parameters)."""
-    cls = mobilenet_np.weights.architectures()[architecture]
+    cls = mobilenet_np.networks.model_class(architecture)
     return cls(cls.config_class(**config), seed=seed)
 
 
@@ -99,8 +99,8 @@ def load_checkpoint(name: str) -> Checkpoint:
             return Checkpoint(imported, True, f"{spec['file']} imported with weights_tools")
         reasons.append(imported)
     try:
-        from mobilenet_np import hub
-        return Checkpoint(mobilenet_np.load(hub.resolve(spec["hub"])), True, f"{spec['hub']} from the Hugging Face Hub")
+        from weights_tools.hub import resolve
+        return Checkpoint(mobilenet_np.load(resolve(spec["hub"])), True, f"{spec['hub']} from the Hugging Face Hub")
     except mobilenet_np.MobileNetError as e:
         reasons.append(str(e).split(";")[0])
     model = random_model(spec["architecture"], **spec["config"])

@@ -30,7 +30,7 @@ from PIL import Image
 import mobilenet_np
 from mobilenet_np import cli
 from mobilenet_np.errors import ConfigError, ConversionError, ImageError, MobileNetError, WeightsError
-from mobilenet_np.weights import save_weights
+from mobilenet_np.formats.weights import save_weights
 
 SMALL = dict(depth_multiplier=0.35, image_size=32, num_labels=4)
 

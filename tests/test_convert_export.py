@@ -24,7 +24,7 @@ from safetensors.numpy import load_file, save_file
 
 import mobilenet_np
 from mobilenet_np.errors import ConversionError, OutputExistsError, WeightsError
-from mobilenet_np.weights import read_weights
+from mobilenet_np.formats.weights import read_weights
 from weights_tools import __version__
 from weights_tools.__main__ import main
 from weights_tools.convert import convert_checkpoint

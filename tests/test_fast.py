@@ -1,4 +1,4 @@
-"""The fast path (mobilenet_np/fast.py) against the readable path and against transformers.
+"""The fast engine (mobilenet_np/fast/) against the readable path and against transformers.
 
 The fast path computes the same function in another order (BatchNorm folded into the weights,
 channels-last, bands on threads), so results agree up to float rounding. Errors are measured as in
@@ -16,7 +16,6 @@ random configs. No test here measures time (benchmarks/bench.py does).
 
 from __future__ import annotations
 
-import contextlib
 import random
 import threading
 
@@ -26,8 +25,17 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 import mobilenet_np
+from threadpoolctl import threadpool_info, threadpool_limits
+
 from mobilenet_np import fast, ops
-from mobilenet_np.modeling_utils import ConvLayer, random_parameters
+from mobilenet_np.errors import ConfigError
+from mobilenet_np.fast import EngineSettings
+from mobilenet_np.fast.depthwise import DepthwiseBlock
+from mobilenet_np.fast.kernels import clip, einsum
+from mobilenet_np.fast.plan import Value, nchw
+from mobilenet_np.fast.threads import Walkers
+from mobilenet_np.layers import ConvLayer
+from mobilenet_np.networks.base import random_parameters
 
 from torch_reference import numpy_twin, random_transformers_model, torch_outputs
 
@@ -53,24 +61,16 @@ def assert_outputs_close(ours, reference, rtol: float, what: str) -> None:
             assert error <= rtol, f"{what}: {name}[{i}] relative error {error:.3g} > {rtol:g}"
 
 
-@contextlib.contextmanager
-def tiny_bands(rows: int = 1, threads: int = 3):
-    """Cut even tiny layers into bands of `rows` rows on `threads` threads, so every splitting path runs."""
-    saved = {name: getattr(fast, name) for name in ("BAND_BYTES", "BAND_MIN_PIXELS", "GEMM_BAND_BYTES")}
-    saved_threads = fast.get_num_threads()
-    fast.BAND_BYTES, fast.GEMM_BAND_BYTES = 1, 64                 # bands of one row, a few pixels per GEMM band
-    fast.BAND_MIN_PIXELS = rows                                    # ... or `rows` rows of a 1-pixel-wide image
-    fast.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(fast, name, value)
-        fast.set_num_threads(saved_threads)
+def tiny_bands(rows: int = 1, threads: int = 3, tile: bool = True) -> EngineSettings:
+    """Settings that cut even tiny layers into bands of `rows` rows on `threads` walkers, so every
+    splitting path runs (`tile`: whether stride-1 depthwise weights may be repeated along the row)."""
+    return EngineSettings(threads=threads, band_bytes=1, gemm_band_bytes=64,    # one row, a few pixels per GEMM band
+                          band_min_pixels=rows,                                  # ... or `rows` rows of 1-pixel images
+                          tile_bytes=1 << 30 if tile else 0)
 
 
 def walks_meeting_at(meeting: float):
-    """A deterministic stand-in for fast._run_steps: step by step, in each segment of bands, walker 2k
+    """A deterministic scheduler (Plan.run's run_steps): step by step, in each segment of bands, walker 2k
     goes down from the first band and walker 2k + 1 up from the last, meeting at `meeting` (0..1) of the way."""
     def run_steps(plan, views, context):
         for step in plan.steps:
@@ -106,7 +106,7 @@ def test_tap_ranges_list_exactly_the_outputs_that_read_real_pixels(in_size, kern
 @given(lifetimes=st.lists(st.tuples(st.integers(1, 100), st.integers(0, 4)), min_size=1, max_size=30))
 def test_allocate_slots_never_shares_a_slot_between_live_values(lifetimes):
     """Value i is written by step i and read until step i + extra; sizes are random."""
-    values = [fast.Value((size,), written=i, last_read=i + extra) for i, (size, extra) in enumerate(lifetimes)]
+    values = [Value((size,), written=i, last_read=i + extra) for i, (size, extra) in enumerate(lifetimes)]
     sizes = fast.allocate_slots(values)
     for a in values:
         assert sizes[a.slot] >= a.size
@@ -120,11 +120,11 @@ def test_c_entry_points_compute_exactly_what_np_clip_and_np_einsum_do():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 5, 7, 3)).astype(np.float32) * 8
     ours, public = np.empty_like(x), np.empty_like(x)
-    fast._clip(x, np.float32(0), np.float32(6), out=ours)
+    clip(x, np.float32(0), np.float32(6), out=ours)
     np.clip(x, np.float32(0), np.float32(6), out=public)
     np.testing.assert_array_equal(ours, public)
     windows, weights = rng.standard_normal((2, 4, 21, 3, 3)), rng.standard_normal((3, 3, 21))
-    np.testing.assert_array_equal(fast._einsum("nyfij,ijf->nyf", windows, weights),
+    np.testing.assert_array_equal(einsum("nyfij,ijf->nyf", windows, weights),
                                   np.einsum("nyfij,ijf->nyf", windows, weights))
 
 
@@ -151,7 +151,7 @@ layer_geometries = st.fixed_dictionaries({
 @given(geometry=layer_geometries, batch=st.integers(1, 3), channels=st.integers(1, 12), height=st.integers(1, 11),
        width=st.integers(1, 11), float64=st.booleans(), pool=st.booleans(), tile=st.booleans(),
        seed=st.integers(0, 2**16))
-def test_each_kernel_equals_the_readable_conv_layer(monkeypatch, geometry, batch, channels, height, width, float64,
+def test_each_kernel_equals_the_readable_conv_layer(geometry, batch, channels, height, width, float64,
                                                     pool, tile, seed):
     """One ConvLayer through PlanBuilder.conv (Depthwise, MatMul or Im2col + MatMul) vs ConvLayer.__call__."""
     g = dict(geometry)
@@ -161,17 +161,15 @@ def test_each_kernel_equals_the_readable_conv_layer(monkeypatch, geometry, batch
                       groups=channels if depthwise else 1,
                       norm_eps=1e-3 if g.pop("batch_norm") else None, **g)
     assume(min(layer.output_size(height, width)) >= 1)
-    monkeypatch.setattr(fast, "TILE_BYTES", 1 << 30 if tile else 0)
     dtype = np.float64 if float64 else np.float32
     params = {k: v.astype(dtype) for k, v in random_parameters(layer.parameter_shapes(), seed).items()}
     x = np.random.default_rng(seed).standard_normal((batch, channels, height, width)).astype(dtype)
 
-    with tiny_bands():
-        builder = fast.PlanBuilder(params, dtype, threads=fast.get_num_threads() if pool else 1)
-        out = builder.conv(layer, builder.input(x.shape))
-        plan = fast.Plan(builder.steps, builder.values, dtype, lambda views, context: fast._nchw(views[out]),
-                         builder.threads)
-        ours = plan.run(x, output_hidden_states=False)
+    settings = tiny_bands(threads=3 if pool else 1, tile=tile)
+    builder = fast.PlanBuilder(params, dtype, settings)
+    out = builder.conv(layer, builder.input(x.shape))
+    plan = fast.Plan(builder.steps, builder.values, dtype, lambda views, context: nchw(views[out]), settings)
+    ours = plan.run(x, output_hidden_states=False)
     error = relative_error(ours, layer(x, params))
     assert error <= (FLOAT64_RTOL if float64 else FLOAT32_RTOL), f"{layer}: relative error {error:.3g}"
 
@@ -182,7 +180,7 @@ def test_each_kernel_equals_the_readable_conv_layer(monkeypatch, geometry, batch
        channels=st.integers(2, 6), expanded=st.integers(2, 9), height=st.integers(1, 14), width=st.integers(1, 9),
        rows=st.integers(1, 4), threads=st.integers(1, 3), meeting=st.none() | st.floats(0, 1),
        float64=st.booleans(), seed=st.integers(0, 2**16))
-def test_depthwise_block_equals_its_layers_one_after_the_other(monkeypatch, kernel_size, stride, dilation, tf_padding,
+def test_depthwise_block_equals_its_layers_one_after_the_other(kernel_size, stride, dilation, tf_padding,
                                                               with_expand, with_project, residual, batch, channels,
                                                               expanded, height, width, rows, threads, meeting,
                                                               float64, seed):
@@ -208,15 +206,15 @@ def test_depthwise_block_equals_its_layers_one_after_the_other(monkeypatch, kern
         expected = layer(expected, params)
     if residual:
         expected = expected + x
-    if meeting is not None:
-        monkeypatch.setattr(fast, "_run_steps", walks_meeting_at(meeting))
-    with tiny_bands(rows, threads):
-        builder = fast.PlanBuilder(params, dtype, threads)
-        out = builder.depthwise_block(depthwise, builder.input(x.shape), expand, project, residual)
-        assert [type(step) for step in builder.steps] == [fast.DepthwiseBlock]
-        plan = fast.Plan(builder.steps, builder.values, dtype, lambda views, context: fast._nchw(views[out]),
-                         threads)
+    settings = tiny_bands(rows, threads)
+    builder = fast.PlanBuilder(params, dtype, settings)
+    out = builder.depthwise_block(depthwise, builder.input(x.shape), expand, project, residual)
+    assert [type(step) for step in builder.steps] == [DepthwiseBlock]
+    plan = fast.Plan(builder.steps, builder.values, dtype, lambda views, context: nchw(views[out]), settings)
+    if meeting is None:
         ours = plan.run(x, output_hidden_states=False)
+    else:
+        ours = plan.run(x, output_hidden_states=False, run_steps=walks_meeting_at(meeting))
     error = relative_error(ours, expected)
     assert error <= (FLOAT64_RTOL if float64 else FLOAT32_RTOL), f"relative error {error:.3g}"
 
@@ -253,9 +251,10 @@ def test_fast_path_equals_readable_path_and_transformers(case, small_bands, seed
     x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
     rtol = FLOAT64_RTOL if dtype == np.float64 else FLOAT32_RTOL
 
-    with tiny_bands() if small_bands else contextlib.nullcontext():
-        ours = model(x, output_hidden_states=True)                  # the default call: the fast path
-        without_hidden_states = model(x)                            # (MobileNetV1 fuses more without them)
+    if small_bands:
+        model.engine = tiny_bands()
+    ours = model(x, output_hidden_states=True)                      # the default call: the fast path
+    without_hidden_states = model(x)                                # (MobileNetV1 fuses more without them)
     for name in without_hidden_states.keys():
         assert relative_error(without_hidden_states[name], ours[name]) <= rtol, name
     assert_outputs_close(ours, model(x, output_hidden_states=True, fast=False), rtol, f"{architecture} vs readable")
@@ -276,7 +275,7 @@ def test_published_sizes_match_transformers(architecture, config, size):
 
 
 def random_interleaving(seed: int):
-    """A stand-in for fast._run_steps: the walkers' generators (_Call.steps_of) driven on this thread,
+    """A scheduler for Plan.run: the walkers' generators (Walkers.steps_of) driven on this thread,
     each time one walker, chosen at random among those whose condition holds, running until it has
     to wait; the arena filled with NaN first. A band that reads rows its `needs` did not declare, or
     a slot reused while a walker a step behind still reads it, then reads NaN or stale values, unless
@@ -284,7 +283,7 @@ def random_interleaving(seed: int):
     def run_steps(plan, views, context):
         for array in [views[v] for v in plan.values] + views["scratch"]:
             array[...] = np.nan
-        call, choose = fast._Call(plan, views, context), random.Random(seed)
+        call, choose = Walkers(plan, views, context), random.Random(seed)
         walkers = {w: call.steps_of(w) for w in range(plan.threads)}
         conditions = {w: (lambda: True) for w in walkers}          # (not started yet)
         while walkers:
@@ -310,32 +309,27 @@ def test_walkers_read_only_rows_already_written(architecture, hidden_states, thr
     model = small_model(architecture)
     x = pixels(seed, shape)
     expected = model(x, output_hidden_states=hidden_states, fast=False)
-    with tiny_bands(rows=1, threads=threads):
-        plan = fast.build_plan(model, x.shape, np.float32, hidden_states)
-        fast_run_steps, fast._run_steps = fast._run_steps, random_interleaving(seed)
-        try:
-            ours = plan.run(x, output_hidden_states=hidden_states)
-        finally:
-            fast._run_steps = fast_run_steps
-    assert_outputs_close(ours, expected, FLOAT32_RTOL, architecture)
+    plan = fast.build_plan(model.graph(), model.params, x.shape, np.float32, hidden_states,
+                           tiny_bands(rows=1, threads=threads))
+    result = plan.run(x, output_hidden_states=hidden_states, run_steps=random_interleaving(seed))
+    assert_outputs_close(model.outputs_from(result, hidden_states), expected, FLOAT32_RTOL, architecture)
 
 
 def test_an_error_in_a_walker_reaches_the_caller_and_leaves_the_plan_usable():
     model = small_model("MobileNetV1ForImageClassification")
     x = pixels()
     expected = model(x, fast=False).logits
-    with tiny_bands(rows=1, threads=2):
-        plan = fast.build_plan(model, x.shape, np.float32)
-        step = next(step for step in plan.steps[3:] if step.bands)
-        run_band = step.run_band
+    plan = fast.build_plan(model.graph(), model.params, x.shape, np.float32, settings=tiny_bands(rows=1, threads=2))
+    step = next(step for step in plan.steps[3:] if step.bands)
+    run_band = step.run_band
 
-        def failing(views, walker, band, downward):
-            raise ArithmeticError(f"band {band} failed on walker {walker}")
-        step.run_band = failing
-        with pytest.raises(ArithmeticError, match="failed on walker"):
-            plan.run(x, output_hidden_states=False)
-        step.run_band = run_band
-        assert relative_error(plan.run(x, output_hidden_states=False).logits, expected) <= FLOAT32_RTOL
+    def failing(views, walker, band, downward):
+        raise ArithmeticError(f"band {band} failed on walker {walker}")
+    step.run_band = failing
+    with pytest.raises(ArithmeticError, match="failed on walker"):
+        plan.run(x, output_hidden_states=False)
+    step.run_band = run_band
+    assert relative_error(plan.run(x, output_hidden_states=False)["logits"], expected) <= FLOAT32_RTOL
 
 
 # --------------------------------------------------------------------------------------------------
@@ -351,17 +345,17 @@ def pixels(seed=0, shape=(2, 3, 33, 29)):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def test_readable_path_is_taken_when_asked_or_recording(monkeypatch):
+def test_readable_path_is_taken_when_asked_or_recording():
     model = small_model()
-    fast_logits = model(pixels()).logits
-    monkeypatch.setattr(fast, "fast_forward", lambda *args: pytest.fail("the fast path ran"))
     readable = [model(pixels(), fast=False).logits, model(pixels(), record=lambda name, tensor: None).logits]
     model.reference = True
     readable.append(model(pixels()).logits)
+    assert len(model.plans) == 0                                   # no plan was built: the fast path never ran
+    fast_logits = model(pixels(), fast=True).logits
+    assert len(model.plans) == 1
     for logits in readable:
+        np.testing.assert_array_equal(logits, readable[0])
         assert relative_error(fast_logits, logits) <= FLOAT32_RTOL
-    with pytest.raises(pytest.fail.Exception, match="the fast path ran"):
-        model(pixels(), fast=True)
 
 
 def test_outputs_are_fresh_arrays_and_the_arena_is_reused():
@@ -369,21 +363,40 @@ def test_outputs_are_fresh_arrays_and_the_arena_is_reused():
     first = model(pixels(0), output_hidden_states=True)
     kept = [first.last_hidden_state.copy()] + [h.copy() for h in first.hidden_states]
     model(pixels(1), output_hidden_states=True)                    # same shape: same plan, same arena
-    assert len(model._fast_plans) == 1
+    assert len(model.plans) == 1
     for before, after in zip(kept, [first.last_hidden_state, *first.hidden_states]):
         np.testing.assert_array_equal(before, after)
 
 
-def test_new_weights_rebuild_the_plan_and_weights_are_read_only():
+def test_weights_stay_writeable_and_every_change_through_the_model_is_noticed():
     model = small_model()
     model(pixels())
     key = "mobilenet_v2.layer.2.conv_3x3.normalization.running_var"
-    with pytest.raises(ValueError, match="read-only"):
-        model.params[key][0] = 5.0                                 # the plan holds folded copies
+
+    def agrees():
+        return relative_error(model(pixels()).logits, model(pixels(), fast=False).logits) <= FLOAT32_RTOL
+
+    before = model(pixels()).logits
+    model.params[key][0] = 5.0                                     # in place: writeable ...
+    model.params.mark_changed()                                    # ... and announced (optimizers do this)
+    assert agrees() and not np.array_equal(model(pixels()).logits, before)
     model.params[key] = model.params[key] * 3.0                    # a new array: noticed
-    assert relative_error(model(pixels()).logits, model(pixels(), fast=False).logits) <= FLOAT32_RTOL
-    model.load_state_dict(small_model().state_dict() | {key: np.full_like(model.params[key], 0.5)})
-    assert relative_error(model(pixels()).logits, model(pixels(), fast=False).logits) <= FLOAT32_RTOL
+    assert agrees()
+    mine = small_model().state_dict() | {key: np.full_like(model.params[key], 0.5)}
+    model.load_state_dict(mine)
+    assert agrees()
+    assert all(array.flags.writeable for array in mine.values())   # the caller's arrays are still theirs
+    mine[key][...] = 7.0
+    assert not np.any(model.params[key] == 7.0)                    # the model holds its own copies
+
+
+def test_blas_threads_are_restored_after_a_call():
+    model = small_model()
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        model(pixels())
+        after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    assert after == before and before
 
 
 def test_input_dtype_and_weight_dtype_promote_as_in_the_readable_path():
@@ -396,23 +409,16 @@ def test_input_dtype_and_weight_dtype_promote_as_in_the_readable_path():
     assert relative_error(ours, readable) <= FLOAT64_RTOL
 
 
-def test_thread_counts_and_blas_modes_give_the_same_result(monkeypatch):
+def test_thread_counts_give_the_same_result():
     model = small_model("MobileNetV2ForSemanticSegmentation")
     x = pixels(shape=(2, 3, 65, 47))
     reference = model(x, fast=False).logits
-    threads = fast.get_num_threads()
-    try:
-        for n in (1, 2, 3):
-            fast.set_num_threads(n)
-            assert relative_error(model(x).logits, reference) <= FLOAT32_RTOL, n
-        monkeypatch.setattr(fast, "_blas_threads", fast._blas_threads)
-        monkeypatch.setattr(fast, "_blas", [])                        # as without threadpoolctl
-        fast.clear_cache(model)
-        assert relative_error(model(x).logits, reference) <= FLOAT32_RTOL
-    finally:
-        fast.set_num_threads(threads)
-    with pytest.raises(ValueError, match="int >= 1"):
-        fast.set_num_threads(0)
+    for n in (1, 2, 3):
+        model.engine = EngineSettings(threads=n)
+        assert relative_error(model(x).logits, reference) <= FLOAT32_RTOL, n
+        assert len(model.plans) <= model.engine.max_plans
+    with pytest.raises(ConfigError, match="threads"):
+        EngineSettings(threads=0)
 
 
 def test_concurrent_calls_on_one_model_each_get_their_own_arena():

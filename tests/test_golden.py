@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch_reference import numpy_twin, random_transformers_model, torch_outputs
 
-from mobilenet_np import golden
+from mobilenet_np.formats import golden
 from mobilenet_np.cli import main as np_main
 from weights_tools.__main__ import main as tools_main
 

@@ -195,7 +195,7 @@ def test_post_process_semantic_segmentation_equals_transformers():
     scores = [torch.nn.functional.interpolate(torch.from_numpy(logits[i:i + 1]), size=s, mode="bilinear",
                                               align_corners=False)[0].numpy() for i, s in enumerate(target_sizes)]
     ours = MobileNetV2ImageProcessor().post_process_semantic_segmentation(
-        mobilenet_np.modeling_utils.SemanticSegmenterOutput(logits=logits), target_sizes=target_sizes)
+        mobilenet_np.outputs.SemanticSegmenterOutput(logits=logits), target_sizes=target_sizes)
     for mine, theirs_map, score in zip(ours, expected, scores):
         assert mine.shape == theirs_map.shape
         # float32 rounding may differ in the last bit: a pixel may only disagree where two classes tie within 1e-5.

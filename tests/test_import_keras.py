@@ -30,10 +30,10 @@ from PIL import Image
 
 import mobilenet_np
 from mobilenet_np import ops
-from mobilenet_np.cli import build_parser, run_command
+from mobilenet_np.commandline import build_parser, run_command
 from mobilenet_np.errors import ConversionError, OutputExistsError
-from mobilenet_np.mobilenet_v1 import MobileNetV1Config, MobileNetV1Model
-from mobilenet_np.modeling_utils import ConvLayer
+from mobilenet_np.networks.mobilenet_v1 import MobileNetV1Config, MobileNetV1Model
+from mobilenet_np.layers import ConvLayer
 from weights_tools.import_keras import import_keras
 from weights_tools.labels import fit_labels, read_labels
 

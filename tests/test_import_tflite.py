@@ -31,7 +31,7 @@ from PIL import Image
 
 import mobilenet_np
 from mobilenet_np import ops
-from mobilenet_np.cli import build_parser, run_command
+from mobilenet_np.commandline import build_parser, run_command
 from mobilenet_np.errors import ConversionError, OutputExistsError
 from weights_tools.import_tflite import conv_from_op, dequantize, import_tflite, read_graph, recognise
 

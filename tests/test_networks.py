@@ -29,7 +29,8 @@ import transformers
 from hypothesis import given, strategies as st
 
 import mobilenet_np
-from mobilenet_np import deeplabv3, mobilenet_v2, modeling_utils, ops
+from mobilenet_np import layers, ops
+from mobilenet_np.networks import deeplabv3, mobilenet_v2
 from mobilenet_np.errors import ConfigError
 from weights_tools.convert import convert_checkpoint
 
@@ -351,10 +352,10 @@ MUTATIONS = {
     "backbone BatchNorm eps ignored": (lambda mp: mp.setattr(ops, "batch_norm", _batch_norm_with_eps(1e-5)),
                                        "MobileNetV2ForImageClassification",
                                        dict(depth_multiplier=0.25, num_labels=4), (1, 3, 40, 40)),
-    "ReLU6 in the DeepLab head": (lambda mp: mp.setitem(modeling_utils.ACTIVATIONS, "relu", ops.relu6),
+    "ReLU6 in the DeepLab head": (lambda mp: mp.setitem(layers.ACTIVATIONS, "relu", ops.relu6),
                                   "MobileNetV2ForSemanticSegmentation",
                                   dict(depth_multiplier=0.25, output_stride=16, num_labels=4), (1, 3, 48, 40)),
-    "ReLU6 in a hidden_act=relu V1": (lambda mp: mp.setitem(modeling_utils.ACTIVATIONS, "relu", ops.relu6),
+    "ReLU6 in a hidden_act=relu V1": (lambda mp: mp.setitem(layers.ACTIVATIONS, "relu", ops.relu6),
                                       "MobileNetV1ForImageClassification",
                                       dict(depth_multiplier=0.25, hidden_act="relu", num_labels=5), (1, 3, 48, 40)),
     "dilation dropped, output_stride 8": (_drop_dilation, "MobileNetV2ForSemanticSegmentation",

@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mobilenet_np
 from mobilenet_np.cli import main
-from mobilenet_np.modeling_utils import ConvLayer
+from mobilenet_np.layers import ConvLayer
 from mobilenet_np.summary import conv_cost, summarize
 
 from torch_reference import numpy_twin, random_transformers_model
@@ -302,14 +302,11 @@ def test_cli_weights_file(tmp_path, capsys):
 
 
 def test_cli_hub_model_id_goes_through_the_shared_loader(tmp_path, monkeypatch, capsys):
-    """--model HUB_ID resolves like the other commands (mobilenet_np.hub); the Hub is offline here."""
+    """--model HUB_ID resolves like the other commands, through mobilenet-np's cache (the Hub is offline here)."""
     model = build("MobileNetV1ForImageClassification", depth_multiplier=0.25, num_labels=3, image_size=64)
-    path = tmp_path / "cached.h5"
-    model.save_pretrained(path)
-    asked = []
-    monkeypatch.setattr("mobilenet_np.hub.resolve", lambda model_id: asked.append(model_id) or path)
+    monkeypatch.setenv("MOBILENET_NP_CACHE", str(tmp_path))
+    model.save_pretrained(tmp_path / "google--mobilenet_v1_0.25_64.h5")
     assert main(["summary", "--model", "google/mobilenet_v1_0.25_64", "--json"]) == 0
-    assert asked == ["google/mobilenet_v1_0.25_64"]
     assert json.loads(capsys.readouterr().out)["totals"]["macs"] == summarize(model).total_macs
 
 

@@ -20,7 +20,7 @@ import pytest
 
 import mobilenet_np
 from mobilenet_np.errors import OutputExistsError, WeightsError
-from mobilenet_np.weights import FORMAT_NAME, FORMAT_VERSION, TENSORS_GROUP, read_weights
+from mobilenet_np.formats.weights import FORMAT_NAME, FORMAT_VERSION, TENSORS_GROUP, read_weights
 
 from torch_reference import ARCHITECTURES
 

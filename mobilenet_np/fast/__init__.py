@@ -117,6 +117,9 @@ class PlanCache:
         with blas_on_one_thread():
             return plan.run(pixel_values, output_hidden_states)
 
+    def __len__(self) -> int:
+        return len(self.plans)
+
     def clear(self) -> None:
         """Drop the plans (folded weights and arenas)."""
         with self.lock:

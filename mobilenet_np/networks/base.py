@@ -82,7 +82,7 @@ class PreTrainedModel:
         self.prefix = prefix
         self.params: ParameterDict = ParameterDict() if params is None else params
         self.engine = EngineSettings()   # the fast path's threads and band sizes (mobilenet_np/fast/settings.py)
-        self._plans = PlanCache()
+        self.plans = PlanCache()          # the fast engine's plans for this model (folded weights, arenas)
         self._build()
         if params is None and seed is not None:
             self.params.update(random_parameters(self.parameter_shapes(), seed))
@@ -131,7 +131,7 @@ class PreTrainedModel:
         if missing:
             raise WeightsError(f"{type(self).__name__} has no weights for {len(missing)} tensors, e.g. {missing[0]}")
         if record is None and (not self.reference if fast is None else fast):
-            result = self._plans.run(self.graph(), self.params, pixel_values, output_hidden_states, self.engine)
+            result = self.plans.run(self.graph(), self.params, pixel_values, output_hidden_states, self.engine)
             return self.outputs_from(result, output_hidden_states)
         record = no_record if record is None else record
         record("pixel_values", pixel_values)

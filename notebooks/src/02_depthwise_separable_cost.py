@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mobilenet_np
 from mobilenet_np import ops
-from mobilenet_np.modeling_utils import ConvLayer
+from mobilenet_np.layers import ConvLayer
 from mobilenet_np.summary import conv_cost, summarize
 
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "font.size": 9})

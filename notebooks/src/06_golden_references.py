@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from mobilenet_np import golden
+from mobilenet_np.formats import golden
 from notebook_data import load_checkpoint, transformers_twin
 from weights_tools.golden_torch import record_transformers
 
