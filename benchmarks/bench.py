@@ -11,7 +11,7 @@ What it does, in one process:
     statistics, as the tests do) and copies the weights into mobilenet_np; ONNX Runtime gets the same
     model through torch.onnx.export (when onnxruntime is installed);
   * gives every engine the same number of threads (--threads, default 2): torch.set_num_threads,
-    mobilenet_np.fast.set_num_threads (its walkers; BLAS on one thread each), ORT
+    model.engine = EngineSettings(threads=...) (mobilenet_np's walkers; BLAS on one thread each), ORT
     intra_op_num_threads;
   * times the engines interleaved (A B C, B C A, C A B, ... so each follows each other equally
     often), with a short pause between runs so that spinning worker threads of the previous engine
@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mobilenet_np  # noqa: E402
-from mobilenet_np import fast  # noqa: E402
+from mobilenet_np.fast import EngineSettings  # noqa: E402
 from mobilenet_np.fileio import atomic_output  # noqa: E402
 from mobilenet_np.summary import summarize  # noqa: E402
 
@@ -100,10 +100,13 @@ def numpy_twin(model, architecture: str):
     return twin
 
 
-def numpy_model(architecture: str, config: dict):
-    """A mobilenet_np model with its own random weights (memory children: no torch in the process)."""
+def numpy_model(architecture: str, config: dict, threads: int):
+    """A mobilenet_np model with its own random weights (memory children: no torch in the process),
+    its fast engine on `threads` walkers."""
     cls = getattr(mobilenet_np, architecture)
-    return cls(cls.config_class(**config), seed=0)
+    model = cls(cls.config_class(**config), seed=0)
+    model.engine = EngineSettings(threads=threads)
+    return model
 
 
 def export_onnx(model, shape: tuple[int, ...], path: Path) -> Path:
@@ -144,7 +147,6 @@ def set_threads(threads: int) -> None:
     """The same number of threads for every engine (ORT's is set per session)."""
     import torch
     torch.set_num_threads(threads)
-    fast.set_num_threads(threads)
     try:
         from threadpoolctl import threadpool_limits
         threadpool_limits(threads, user_api="blas")
@@ -228,11 +230,10 @@ def memory_child(engine: str, network: str, batch: int, threads: int, onnx_dir: 
     architecture, config, size = NETWORKS[network]
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
     small = np.zeros((1, 3, WARMUP_SIZE, WARMUP_SIZE), np.float32)
-    fast.set_num_threads(threads)
     if engine == "mobilenet_np":
-        model = numpy_model(architecture, config)
+        model = numpy_model(architecture, config, threads)
         model(small)
-        fast.clear_cache(model)
+        model.plans.clear()
         run = engine_runner(engine, model, x)
     elif engine == "torch":
         import torch
@@ -255,7 +256,7 @@ def memory_child(engine: str, network: str, batch: int, threads: int, onnx_dir: 
     result = {"peak_rss_delta_mb": (_status_kib("VmHWM") - baseline) / 1024, "baseline_rss_mb": baseline / 1024}
     if engine == "mobilenet_np":
         import tracemalloc
-        fast.clear_cache(model)
+        model.plans.clear()
         gc.collect()
         tracemalloc.start()
         run()
@@ -311,6 +312,7 @@ def benchmark(args) -> dict:
             architecture, config, size = NETWORKS[network]
             reference = torch_model(architecture, config)
             twin = numpy_twin(reference, architecture)
+            twin.engine = EngineSettings(threads=args.threads)
             macs = summarize(twin, size).total_macs
             if has_ort and "onnxruntime" in engines:
                 export_onnx(reference, (1, 3, WARMUP_SIZE, WARMUP_SIZE), Path(onnx_dir) / f"{network}_b1_small.onnx")
@@ -346,7 +348,7 @@ def benchmark(args) -> dict:
                           f"memory {row.get('peak_rss_delta_mb', float('nan')):.0f} MB", flush=True)
     return {"machine": info, "threads": args.threads, "peak_gflops_assumed": PEAK_GFLOPS,
             "load_average_before": load_before, "load_average_after": os.getloadavg(),
-            "mobilenet_np_threads": fast.get_num_threads(), "quick": args.quick, "results": results}
+            "mobilenet_np_threads": args.threads, "quick": args.quick, "results": results}
 
 
 def format_table(report: dict) -> str:

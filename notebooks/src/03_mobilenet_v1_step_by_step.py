@@ -202,7 +202,7 @@ np.testing.assert_allclose(folded_bias, torch_bias.detach().numpy(), rtol=1e-6, 
 # folded layer by setting BatchNorm to the identity, $\gamma = 1, \beta = b', \mu = 0,
 # \sigma^2 = 1 - \varepsilon$ (exactly what the TFLite importer does). The folded network, run through
 # the readable layers (`fast=False`), must predict the same. So must `model(x)` itself: when nothing is
-# recorded it takes mobilenet-np's fast path (`mobilenet_np/fast.py`), which folds BatchNorm this way
+# recorded it takes mobilenet-np's fast path (`mobilenet_np/fast/`), which folds BatchNorm this way
 # once per set of weights. The histogram shows how much folding changes the weights: $s_o$ spans orders
 # of magnitude, which is why quantizing folded weights per output channel works better than per tensor.
 

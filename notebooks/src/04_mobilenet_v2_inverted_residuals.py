@@ -185,10 +185,10 @@ assert np.all(np.abs(measured - predicted) < 0.05)
 # %%
 blocks = model.mobilenet_v2.layer
 names = ["conv_stem"] + [f"layer.{i}" for i in range(len(blocks))]
-stem = model.mobilenet_v2.conv_stem
-inputs = [stem[-2].in_channels] + [b.expand_1x1.in_channels for b in blocks]
-expanded = [stem[-2].out_channels] + [b.expand_1x1.out_channels for b in blocks]
-outputs = [stem[-1].out_channels] + [b.reduce_1x1.out_channels for b in blocks]
+stem = model.mobilenet_v2.conv_stem           # the stem's block: [expand], depthwise 3x3, linear 1x1
+inputs = [stem.conv_3x3.in_channels] + [b.expand_1x1.in_channels for b in blocks]
+expanded = [stem.conv_3x3.out_channels] + [b.expand_1x1.out_channels for b in blocks]
+outputs = [stem.reduce_1x1.out_channels] + [b.reduce_1x1.out_channels for b in blocks]
 residual = [False] + [b.use_residual for b in blocks]
 
 fig, ax = plt.subplots(figsize=(12, 3.2))

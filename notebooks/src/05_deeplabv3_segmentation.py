@@ -82,7 +82,7 @@ print("dilated depthwise convolutions equal to PyTorch's for dilation 1, 2, 4")
 # input (*output stride* 32), 17×17 for a 513×513 image, too coarse for outlines. DeepLab removes the
 # last strides: with `config.output_stride = 16`, the stride-2 depthwise convolution of `layer.12`
 # becomes stride 1, and every later 3×3 convolution gets dilation 2; with output stride 8, one more
-# stride goes and the dilations are 2, then 4. (`mobilenet_v2.py` builds this from the stage table.)
+# stride goes and the dilations are 2, then 4. (`networks/mobilenet_v2.py` builds this from the stage table.)
 #
 # Why dilation exactly makes up for the lost stride: a tap at offset $i$ in a layer whose input pixels
 # are $J$ image pixels apart reads the image $i \cdot d \cdot J$ pixels away. Halving $J$ and doubling
