@@ -1,0 +1,1 @@
+"""Training: losses, backward passes, optimizers and schedules for mobilenet-np."""
