@@ -375,6 +375,10 @@ class TFRMSProp(Optimizer):
 
     Differences from torch's RMSprop: ms starts at 1 (not 0), so early steps are about lr·g, not
     lr·sign(g)·const; ε sits inside the sqrt; and a change of lr only scales new momentum terms.
+
+    TF1 turns Python-float hyperparameters into float32 tensors, even for float64 variables (lr
+    0.045 becomes 0.04500000178813934): to reproduce a float64 TensorFlow run bit for bit, pass
+    them rounded, e.g. lr=float(np.float32(0.045)) (measured: then equal to TF 2.21 exactly).
     """
 
     def __init__(self, params, *, lr: float, decay: float = 0.9, momentum: float = 0.9, epsilon: float = 1.0,
