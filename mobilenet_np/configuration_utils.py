@@ -15,7 +15,9 @@ from .errors import ConfigError
 
 # Keys of a transformers config.json that carry no architecture information (kept out of our fields).
 _BOOKKEEPING_KEYS = {"architectures", "transformers_version", "torch_dtype", "dtype", "model_type",
-                     "_name_or_path", "output_hidden_states", "return_dict", "problem_type"}
+                     "_name_or_path", "output_hidden_states", "return_dict"}
+# transformers' choice of classification loss, inferred on the first call with labels and kept.
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 SUPPORTED_ACTIVATIONS = ("relu6", "relu")
 
@@ -101,6 +103,8 @@ class PretrainedConfig:
                self.layer_norm_eps)
         _check(_is_number(self.initializer_range) and self.initializer_range >= 0, "initializer_range",
                "a number >= 0", self.initializer_range)
+        _check(self.problem_type is None or self.problem_type in PROBLEM_TYPES, "problem_type",
+               f"null or one of {PROBLEM_TYPES}", self.problem_type)
 
 
 def _is_number(value) -> bool:

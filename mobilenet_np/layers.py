@@ -55,6 +55,9 @@ class ConvLayer:
     norm_eps: float | None = 1e-3    # None: no BatchNorm
     activation: str | None = "relu6"  # "relu6", "relu" or None (a linear layer)
     tf_padding: bool = True
+    # PyTorch momentum of the BatchNorm (train mode: running = (1 - m) * running + m * batch). transformers
+    # passes TensorFlow's *decay* here (0.9997 in V1, 0.997 in V2), see mobilenet_np/training/graph.py.
+    norm_momentum: float | None = None
 
     @property
     def kind(self) -> str:
@@ -182,7 +185,22 @@ class ImagePoolingASPP:
         return self.conv_projection(x, params, record)                        # (N, 256, h, w)
 
 
-Unit = ConvLayer | InvertedResidual | ImagePoolingASPP
+@dataclasses.dataclass(frozen=True)
+class Dropout:
+    """transformers' `nn.Dropout(p)` (channels=False) or `nn.Dropout2d(p)` (channels=True: whole channels).
+
+    The identity at inference (the readable path and the fast engine skip it); in train mode the training
+    path draws its mask (mobilenet_np/training/graph.py). `p` is the config's `classifier_dropout_prob`,
+    which transformers uses as the drop probability although its defaults (0.999 in V1, 0.8 in V2) are
+    TensorFlow keep probabilities.
+    """
+
+    name: str
+    p: float
+    channels: bool = False
+
+
+Unit = ConvLayer | InvertedResidual | ImagePoolingASPP | Dropout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +217,7 @@ class Graph:
     hidden_states: tuple[int, ...] = ()
     pool: str | None = None            # module path of a global average pool of the last unit's output (N, C)
     classifier: str | None = None      # state_dict prefix of a Linear on the pooled features
+    classifier_dropout: Dropout | None = None   # applied to the pooled features before the classifier
     # (i, unit): units transformers also runs on unit i's output, whose own output nothing reads
     # (DeepLab's backbone conv_1x1). Inference skips them; training runs them (their BatchNorm statistics
     # update) and gives them no gradient; the summary shows them apart.

@@ -26,7 +26,7 @@ from typing import Any
 
 from .configuration_utils import image_size_pair
 from .errors import ConfigError
-from .layers import ConvLayer, ImagePoolingASPP, InvertedResidual
+from .layers import ConvLayer, Dropout, ImagePoolingASPP, InvertedResidual
 from .tables import format_table
 
 SUMMARY_FORMAT = "mobilenet-np-summary"
@@ -186,6 +186,8 @@ def _classifier_row(model) -> LayerCost:
 
 def _unit_rows(unit, shape: tuple[int, int, int]) -> tuple[list[LayerCost], tuple[int, int, int]]:
     """Rows of one unit of a network's Graph applied to a (C, H, W) input; returns them and its output shape."""
+    if isinstance(unit, Dropout):
+        return [], shape                                   # the identity at inference: no cost
     if isinstance(unit, ImagePoolingASPP):
         _, h, w = shape
         rows = [_pool_row(f"{unit.name}.avg_pool", shape), conv_cost(unit.conv_pool, 1, 1),

@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..layers import ConvLayer, Graph, ImagePoolingASPP, InvertedResidual
+from ..layers import ConvLayer, Dropout, Graph, ImagePoolingASPP, InvertedResidual
 from .depthwise import DepthwiseBlock
 from .kernels import (GlobalAveragePool, Im2col, MatMul, PooledProjectionBias, Pointwise, SaveHiddenState,
                       activation_function, along_row, flattens, gemm_weight)
@@ -170,7 +170,9 @@ def build_plan(graph: Graph, params: dict[str, np.ndarray], input_shape: tuple[i
     while i < len(units):
         unit = units[i]
         following = units[i + 1] if i + 1 < len(units) else None
-        if isinstance(unit, InvertedResidual):
+        if isinstance(unit, Dropout):
+            pass                                                                 # the identity at inference
+        elif isinstance(unit, InvertedResidual):
             x = b.depthwise_block(unit.conv_3x3, x, expand=unit.expand_1x1, project=unit.reduce_1x1,
                                   residual=unit.use_residual)
         elif isinstance(unit, ImagePoolingASPP):

@@ -17,7 +17,9 @@ from ..errors import ConfigError, ShapeError, WeightsError
 from ..fast import EngineSettings, PlanCache
 from ..formats.weights import WeightsFile, read_weights, save_weights
 from .. import ops
-from ..layers import ConvLayer, Graph, Recorder, classifier_shapes, classify, no_record
+from ..layers import ConvLayer, Dropout, Graph, Recorder, classifier_shapes, classify, no_record
+from ..training import graph as training_graph
+from ..training import losses
 from ..outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention, ModelOutput
 from ..registry import ARCHITECTURES, base_architecture
 
@@ -82,7 +84,8 @@ class PreTrainedModel:
         self.prefix = prefix
         self.params: ParameterDict = ParameterDict() if params is None else params
         self.engine = EngineSettings()   # the fast path's threads and band sizes (mobilenet_np/fast/settings.py)
-        self.plans = PlanCache()          # the fast engine's plans for this model (folded weights, arenas)
+        self.plans = PlanCache()
+        self.mode = training_graph.Mode()    # train() / eval(); dropout's generator, the BatchNorm/dropout meanings          # the fast engine's plans for this model (folded weights, arenas)
         self._build()
         if params is None and seed is not None:
             self.params.update(random_parameters(self.parameter_shapes(), seed))
@@ -116,26 +119,108 @@ class PreTrainedModel:
 
     # -- running --------------------------------------------------------------------------------------
     reference: bool = False  # True: every call takes the readable path (as fast=False does)
+    training: bool = False   # set by train() / eval(), as in PyTorch
 
-    def __call__(self, pixel_values, output_hidden_states: bool = False, record: Recorder | None = None,
-                 fast: bool | None = None):
+    def __call__(self, pixel_values, labels=None, output_hidden_states: bool = False,
+                 record: Recorder | None = None, fast: bool | None = None):
         """Run the network on (N, num_channels, H, W) pixel values (float32 or float64).
 
         `record(name, tensor)`, when given, receives every intermediate tensor under its transformers
-        module path. Returns the transformers output object of this architecture.
-        Without `record`, the fast engine (mobilenet_np/fast/: the same layers, BatchNorm folded,
-        channels-last) computes it, unless `fast=False` or `self.reference` asks for `forward` below.
+        module path. Returns the transformers output object of this architecture, with `loss` when
+        `labels` are given (transformers' loss of this head, see `loss_from`).
+        In eval mode (the default), without `record`, the fast engine (mobilenet_np/fast/: the same
+        layers, BatchNorm folded, channels-last) computes it, unless `fast=False` or `self.reference`
+        asks for `forward`, the readable path. In train mode (`train()`), the training path runs the
+        network's graph with batch statistics and dropout (mobilenet_np/training/graph.py).
         """
+        pixel_values = self._checked_input(pixel_values, labels)
+        if self.training:
+            result, _ = training_graph.forward(self.graph(), self.params, pixel_values, self.mode,
+                                               output_hidden_states, record or no_record)
+            outputs = self.outputs_from(result, output_hidden_states)
+        elif record is None and (not self.reference if fast is None else fast):
+            result = self.plans.run(self.graph(), self.params, pixel_values, output_hidden_states, self.engine)
+            outputs = self.outputs_from(result, output_hidden_states)
+        else:
+            record = no_record if record is None else record
+            record("pixel_values", pixel_values)
+            outputs = self.forward(pixel_values, output_hidden_states, record)
+        if labels is not None:
+            outputs.loss, _ = self.loss_from(outputs, labels)
+        return outputs
+
+    def _checked_input(self, pixel_values, labels) -> np.ndarray:
         pixel_values = check_pixel_values(pixel_values, self.config.num_channels)
         missing = [k for k in self.parameter_shapes() if k not in self.params]
         if missing:
             raise WeightsError(f"{type(self).__name__} has no weights for {len(missing)} tensors, e.g. {missing[0]}")
-        if record is None and (not self.reference if fast is None else fast):
-            result = self.plans.run(self.graph(), self.params, pixel_values, output_hidden_states, self.engine)
-            return self.outputs_from(result, output_hidden_states)
-        record = no_record if record is None else record
-        record("pixel_values", pixel_values)
-        return self.forward(pixel_values, output_hidden_states, record)
+        if labels is not None:
+            self.check_labels(labels)
+        return pixel_values
+
+    # -- training -------------------------------------------------------------------------------------
+    def train(self, mode: bool = True, *, seed: int | None = None, rng: np.random.Generator | None = None,
+              batch_norm_momentum: str | float | None = None, dropout: str | float | None = None):
+        """Train mode (as PyTorch's `model.train()`): BatchNorm on batch statistics, running ones updated,
+        dropout active, drawing from `rng` (or a generator seeded with `seed`).
+
+        By default the numbers are transformers' (see training/graph.py: TensorFlow's decay used as
+        PyTorch's momentum, keep probabilities used as drop probabilities); `batch_norm_momentum=
+        "tensorflow"` and `dropout="tensorflow"` use what TensorFlow meant, a number sets it directly.
+        Returns the model."""
+        self.training = bool(mode)
+        if rng is not None or seed is not None:
+            self.mode.rng = rng if rng is not None else np.random.default_rng(seed)
+        if batch_norm_momentum is not None:
+            self.mode.batch_norm_momentum = batch_norm_momentum
+        if dropout is not None:
+            self.mode.dropout = dropout
+        self.mode.training = self.training
+        return self
+
+    def eval(self):
+        """Eval mode (the default): running statistics, no dropout. Returns the model."""
+        return self.train(False)
+
+    def freeze(self, *prefixes: str) -> None:
+        """No gradients for the parameters whose state_dict names start with a prefix (e.g. "mobilenet_v2.",
+        or ".normalization." parts: a prefix matches anywhere it is followed by the rest of a name)."""
+        self.frozen = tuple(dict.fromkeys(self.frozen + prefixes))
+
+    def unfreeze(self, *prefixes: str) -> None:
+        """Undo `freeze` for these prefixes (all of them when none is given)."""
+        self.frozen = tuple(p for p in self.frozen if prefixes and p not in prefixes)
+
+    frozen: tuple[str, ...] = ()
+
+    def trainable_parameters(self) -> dict[str, np.ndarray]:
+        """The learned tensors (not BatchNorm's running statistics) that are not frozen, by state_dict name."""
+        return {k: self.params[k] for k in self.parameter_shapes()
+                if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+                and not any(k.startswith(p) or (p.startswith(".") and p in k) for p in self.frozen)}
+
+    def check_labels(self, labels) -> None:
+        """Refuse labels this head cannot take before anything runs (each head says)."""
+        raise ConfigError(f"{type(self).__name__} has no head, so no loss: labels need a "
+                          f"...ForImageClassification or ...ForSemanticSegmentation model")
+
+    def loss_from(self, outputs: ModelOutput, labels) -> tuple[Any, np.ndarray]:
+        """(loss, d loss / d logits): transformers' loss of this head (each head says)."""
+        raise NotImplementedError
+
+    def loss_and_gradients(self, pixel_values, labels, input_gradient: bool = False
+                           ) -> tuple[Any, dict[str, np.ndarray]]:
+        """The loss on a batch and its gradient for every trainable tensor, keyed by state_dict name.
+
+        Runs in the model's current mode (train: batch statistics, running statistics updated, dropout;
+        eval: running statistics). `input_gradient` adds "pixel_values": d loss / d input. float64
+        weights and input give float64 gradients; in float32 the reductions accumulate in float64."""
+        pixel_values = self._checked_input(pixel_values, labels)
+        result, tape = training_graph.forward(self.graph(), self.params, pixel_values, self.mode)
+        loss, dlogits = self.loss_from(self.outputs_from(result, False), labels)
+        grads = training_graph.backward(tape, dlogits, input_gradient)
+        trainable = self.trainable_parameters()
+        return loss, {k: v for k, v in grads.items() if k in trainable or k == "pixel_values"}
 
     # -- weights --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -343,9 +428,21 @@ class ImageClassificationModel(PreTrainedModel):
 
     def graph(self) -> Graph:
         return dataclasses.replace(self.backbone.backbone_graph(), pool=f"{self.base_model_prefix}.pooler",
-                                   classifier="classifier" if self.config.num_labels > 0 else None)
+                                   classifier="classifier" if self.config.num_labels > 0 else None,
+                                   classifier_dropout=Dropout("dropout", self.config.classifier_dropout_prob))
+
+    def check_labels(self, labels) -> None:
+        np.asarray(labels)
+
+    def loss_from(self, outputs, labels):
+        """transformers' ForSequenceClassificationLoss: MSE, cross-entropy or BCE by config.problem_type,
+        inferred from num_labels and the labels' dtype on the first call and kept in the config."""
+        labels = np.asarray(labels)
+        self.config.problem_type = losses.infer_problem_type(self.config.num_labels, labels.dtype,
+                                                             self.config.problem_type)
+        return losses.classification_loss(outputs.logits, labels, self.config.problem_type)
 
     def outputs_from(self, result, output_hidden_states):
-        logits = result["logits"] if self.config.num_labels > 0 else result["pooled"]
+        logits = result["logits"] if result["logits"] is not None else result["pooled"]
         return ImageClassifierOutputWithNoAttention(
             logits=logits, hidden_states=result["hidden_states"] if output_hidden_states else None)

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ..layers import ConvLayer, Graph, ImagePoolingASPP
+from ..errors import ConfigError
+from ..layers import ConvLayer, Dropout, Graph, ImagePoolingASPP
+from ..training import losses
 from ..outputs import SemanticSegmenterOutput
 from .base import PreTrainedModel
-from .mobilenet_v2 import MobileNetV2Config, MobileNetV2Model, scaled_channels
+from .mobilenet_v2 import BATCH_NORM_MOMENTUM, MobileNetV2Config, MobileNetV2Model, scaled_channels
 
 HEAD_CHANNELS = 256
 HEAD_NORM_EPS = 1e-5
@@ -38,13 +40,16 @@ class MobileNetV2ForSemanticSegmentation(PreTrainedModel):
         self.mobilenet_v2 = MobileNetV2Model(c, seed=None, add_pooling_layer=False, params=self.params,
                                              prefix="mobilenet_v2.")
         features = scaled_channels(c, 320)
-        head = dict(norm_eps=HEAD_NORM_EPS, activation="relu", tf_padding=c.tf_padding)
+        head = dict(norm_eps=HEAD_NORM_EPS, activation="relu", tf_padding=c.tf_padding,
+                    norm_momentum=BATCH_NORM_MOMENTUM)
         self.segmentation_head = ImagePoolingASPP(
             "segmentation_head",
             conv_pool=ConvLayer("segmentation_head.conv_pool", features, HEAD_CHANNELS, 1, **head),
             conv_aspp=ConvLayer("segmentation_head.conv_aspp", features, HEAD_CHANNELS, 1, **head),
             conv_projection=ConvLayer("segmentation_head.conv_projection", 2 * HEAD_CHANNELS, HEAD_CHANNELS, 1,
                                       **head))
+        # (transformers: nn.Dropout2d(config.classifier_dropout_prob) between projection and classifier)
+        self.dropout = Dropout("segmentation_head.dropout", c.classifier_dropout_prob, channels=True)
         self.classifier = ConvLayer("segmentation_head.classifier", HEAD_CHANNELS, c.num_labels, 1, bias=True,
                                     norm_eps=None, activation=None, tf_padding=c.tf_padding)
 
@@ -66,9 +71,18 @@ class MobileNetV2ForSemanticSegmentation(PreTrainedModel):
 
     def graph(self) -> Graph:
         backbone = self.mobilenet_v2.backbone_graph(conv_1x1=False)
-        return Graph(units=(*backbone.units, self.segmentation_head, self.classifier),
+        return Graph(units=(*backbone.units, self.segmentation_head, self.dropout, self.classifier),
                      hidden_states=backbone.hidden_states,
                      unused=((len(backbone.units) - 1, self.mobilenet_v2.conv_1x1),))
+
+    def check_labels(self, labels) -> None:
+        if self.config.num_labels == 1:                      # (transformers checks before the forward pass)
+            raise ConfigError("The number of labels should be greater than one: config field 'num_labels' is 1")
+
+    def loss_from(self, outputs, labels):
+        """Logits upsampled (bilinear, align_corners=False) to the labels' size, cross-entropy over the pixels
+        whose label is not config.semantic_loss_ignore_index (all ignored: NaN, as PyTorch)."""
+        return losses.segmentation_loss(outputs.logits, labels, self.config.semantic_loss_ignore_index)
 
     def outputs_from(self, result, output_hidden_states):
         return SemanticSegmenterOutput(logits=result["last"],

@@ -37,6 +37,7 @@ class MobileNetV1Config(PretrainedConfig):
     num_labels: int | None = None
     id2label: dict | None = None
     label2id: dict | None = None
+    problem_type: str | None = None          # set by the first loss computed with labels (see training/losses.py)
 
     def __post_init__(self):
         self._validate_common()
@@ -63,6 +64,10 @@ CONV_DEFS = [
 ]
 
 
+# transformers' nn.BatchNorm2d(momentum=0.9997): TF-slim's batch_norm_decay, passed as PyTorch's momentum.
+BATCH_NORM_MOMENTUM = 0.9997
+
+
 def scaled_channels(config: MobileNetV1Config, channels: int) -> int:
     """Channels of a layer at this width: int(channels * alpha), at least min_depth (transformers' rule)."""
     return max(int(channels * config.depth_multiplier), config.min_depth)
@@ -76,7 +81,8 @@ class MobileNetV1Model(BackboneModel):
 
     def _build(self) -> None:
         c, p = self.config, self.prefix
-        conv = dict(norm_eps=c.layer_norm_eps, activation=c.hidden_act, tf_padding=c.tf_padding)
+        conv = dict(norm_eps=c.layer_norm_eps, activation=c.hidden_act, tf_padding=c.tf_padding,
+                    norm_momentum=BATCH_NORM_MOMENTUM)
         _, stride, channels = CONV_DEFS[0]
         out_channels = scaled_channels(c, channels)
         self.conv_stem = ConvLayer(f"{p}conv_stem", c.num_channels, out_channels, 3, stride, **conv)

@@ -48,6 +48,7 @@ class MobileNetV2Config(PretrainedConfig):
     num_labels: int | None = None
     id2label: dict | None = None
     label2id: dict | None = None
+    problem_type: str | None = None          # set by the first loss computed with labels (see training/losses.py)
 
     def __post_init__(self):
         self._validate_common()
@@ -78,6 +79,9 @@ BLOCK_STAGES = [
     (320, 1, 1),
 ]
 STEM_CHANNELS, STEM_OUTPUT_CHANNELS, LAST_CHANNELS = 32, 16, 1280
+# transformers' nn.BatchNorm2d(momentum=0.997) (backbone and DeepLab head): TF's bn_decay, passed as
+# PyTorch's momentum.
+BATCH_NORM_MOMENTUM = 0.997
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -99,7 +103,8 @@ def _conv(config, name, in_channels, out_channels, kernel_size, stride=1, dilati
           activation=True) -> ConvLayer:
     return ConvLayer(name, in_channels, out_channels, kernel_size, stride, dilation,
                      groups=in_channels if depthwise else 1, norm_eps=config.layer_norm_eps,
-                     activation=config.hidden_act if activation else None, tf_padding=config.tf_padding)
+                     activation=config.hidden_act if activation else None, tf_padding=config.tf_padding,
+                     norm_momentum=BATCH_NORM_MOMENTUM)
 
 
 class MobileNetV2Model(BackboneModel):
