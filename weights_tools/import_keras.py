@@ -213,12 +213,20 @@ def settings_from_model_config(model_config: dict | None, source) -> tuple[int |
     return image_size, (eps.pop() if eps else DEFAULT_EPS), notes
 
 
+# What the Keras applications models drop before their classifier, as a drop *rate* (what transformers'
+# classifier_dropout_prob is used as): MobileNet's `dropout=1e-3` argument, MobileNetV2 has no dropout.
+# (The transformers config defaults 0.999 / 0.8 are TensorFlow keep probabilities: storing them would make
+# a train-mode step drop 99.9% of the pooled features.)
+KERAS_DROP_RATE = {"v1": 1e-3, "v2": 0.0}
+
+
 def fit_keras_config(family: str, tensors, num_classes, image_size, eps, id2label, source):
     """(model class, config) whose parameter shapes are exactly `tensors`'."""
     shapes = {k: v.shape for k, v in tensors.items()}
     prefix = f"mobilenet_{family}." if num_classes else ""
     channels = lambda module: shapes[f"{prefix}{module}.convolution.weight"][0]  # noqa: E731
     fixed = {"image_size": image_size, "layer_norm_eps": eps, "tf_padding": True, "hidden_act": "relu6",
+             "classifier_dropout_prob": KERAS_DROP_RATE[family],
              "num_channels": shapes[f"{prefix}conv_stem{'.first_conv' if family == 'v2' else ''}.convolution.weight"][1]}
     if num_classes:
         fixed.update(num_labels=num_classes, id2label=id2label)
