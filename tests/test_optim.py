@@ -43,7 +43,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mobilenet_np.errors import ConfigError, ShapeError
-from mobilenet_np.mobilenet_v2 import MobileNetV2Config, MobileNetV2Model
+from mobilenet_np import MobileNetV2Config, MobileNetV2Model
 from mobilenet_np.training.optim import (
     SGD, ConstantSchedule, CosineSchedule, ExponentialMovingAverage, LinearSchedule, RMSprop, StepDecay,
     TFRMSProp, is_depthwise_weight, split_decay_groups, trainable_parameters,
