@@ -89,7 +89,8 @@ def split_decay_groups(named_params: Mapping[str, np.ndarray],
     no_decay = tuple(no_decay)
     unknown = [kind for kind in no_decay if kind not in ("depthwise", "batchnorm", "bias")]
     if unknown:
-        raise ConfigError(f"split_decay_groups: no_decay kinds must be 'depthwise', 'batchnorm' or 'bias', got {unknown}")
+        raise ConfigError(f"split_decay_groups: no_decay kinds must be 'depthwise', 'batchnorm' or 'bias', "
+                          f"got {unknown}")
     depthwise_names = None if depthwise is None else set(depthwise)
     decay, keep = {}, {}
     for name, p in trainable_parameters(named_params).items():
@@ -160,7 +161,8 @@ class Optimizer:
             named = dict(entries)
         else:
             if arrays is None:
-                raise ConfigError(f"{self._op}: a group lists parameter names; pass arrays= (name -> array) to look them up")
+                raise ConfigError(f"{self._op}: a group lists parameter names; pass arrays= (name -> array) "
+                                  f"to look them up")
             missing = [name for name in entries if name not in arrays]
             if missing:
                 raise ConfigError(f"{self._op}: parameter(s) {missing[:3]} of a group are not in arrays")
@@ -227,7 +229,8 @@ class Optimizer:
         """Restore options and state saved by `state_dict` (the groups must list the same names)."""
         groups = state_dict["param_groups"]
         if [list(g["params"]) for g in groups] != [g["params"] for g in self.param_groups]:
-            raise ConfigError(f"{self._op}.load_state_dict: the saved parameter groups list other names than this optimizer's")
+            raise ConfigError(f"{self._op}.load_state_dict: the saved parameter groups list other names "
+                              f"than this optimizer's")
         state = {}
         for name, entries in state_dict["state"].items():
             p = self.params[name]
@@ -488,7 +491,8 @@ class LinearSchedule(LRSchedule):
         if total_steps < 1:
             raise ConfigError(f"LinearSchedule: total_steps must be >= 1, got {total_steps}")
         if start_factor < 0 or end_factor < 0:
-            raise ConfigError(f"LinearSchedule: factors must be >= 0, got start_factor={start_factor}, end_factor={end_factor}")
+            raise ConfigError(f"LinearSchedule: factors must be >= 0, got start_factor={start_factor}, "
+                              f"end_factor={end_factor}")
         self.start_factor, self.end_factor, self.total_steps = start_factor, end_factor, int(total_steps)
         super().__init__(optimizer)
 
