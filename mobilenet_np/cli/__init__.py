@@ -17,7 +17,7 @@ import threading
 from ..errors import MobileNetError
 
 # Subcommand modules of mobilenet-np, in the order `--help` lists them.
-SUBCOMMANDS = ["classify", "segment", "summary", "golden", "compare"]
+SUBCOMMANDS = ["classify", "segment", "summary", "golden", "compare", "evaluate"]
 
 
 def build_parser(prog: str, description: str, package: str, modules: list[str]) -> argparse.ArgumentParser:
