@@ -331,8 +331,9 @@ def test_shards_merged_equal_the_whole_run(files, whole, tmp_path, capsys):
     # the same through the command: --shard K/N --json, then --merge
     paths = [tmp_path / f"r{k}.json" for k in range(3)]
     for k, path in enumerate(paths):
+        progress = ["--no-progress"] if k else []                          # shard 0 with a progress bar
         assert main(["evaluate", str(files["data"]), "--weights", str(files["classifier"]), "--shard", f"{k}/3",
-                     "--json", str(path), "--no-progress"]) == 0
+                     "--json", str(path), *progress]) == 0
         assert not (tmp_path / f"r{k}.json.partial.jsonl").exists()       # removed once the report is written
     merged = tmp_path / "merged.json"
     assert main(["evaluate", "--merge", *map(str, paths), "--json", str(merged)]) == 0
@@ -378,11 +379,18 @@ def test_agreement_with_npy_folder_and_npz(files, whole, our_logits, tmp_path):
         np.save(folder / f"{os.path.splitext(os.path.basename(key))[0]}.npy", other[None])   # (1, C), by stem
     np.savez(tmp_path / "port.npz", **{key: other for key, (_, other) in theirs.items()})    # by relative path
 
+    sources = {folder: "npy", tmp_path / "port.npz": "npz"}
+    try:
+        from safetensors.numpy import save_file
+        save_file({key.split("/")[-1]: other for key, (_, other) in theirs.items()}, tmp_path / "port.safetensors")
+        sources[tmp_path / "port.safetensors"] = "safetensors"                            # by file name
+    except ImportError:                                                                    # the `weights` extra
+        pass
     differences = {k: np.abs(a.astype(np.float64) - b.astype(np.float64)) for k, (a, b) in theirs.items()}
-    for against in (folder, tmp_path / "port.npz"):
+    for against, kind in sources.items():
         report = evaluate(files["classifier"], files["data"], against=against)
         a = report["agreement"]
-        assert a["kind"] == ("npy" if against == folder else "npz")
+        assert a["kind"] == kind
         assert (a["compared"], a["positions"], a["agreeing"]) == (len(good), len(good), len(good) - 2)
         assert a["top1_agreement"] == (len(good) - 2) / len(good)
         assert a["max_abs_logit_difference"] == max(d.max() for d in differences.values())
