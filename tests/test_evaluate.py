@@ -456,6 +456,12 @@ def test_segmentation_against_the_pipelines_class_maps(files):
     assert np.array(s["confusion_matrix"]).sum() == counted
     assert json.loads(report_json(report)) == report
 
+    same = evaluate(files["segmenter"], files["seg_images"], against=files["segmenter"])     # no masks: agreement only
+    assert same["segmentation"] is None and same["unreadable"] == [] and same["label_source"] == "none"
+    logits_size = np.prod(pipe.model(np.zeros((1, 3, 65, 65), np.float32)).logits.shape[2:])   # h * w per image
+    assert same["agreement"]["positions"] == same["agreement"]["agreeing"] == 5 * logits_size
+    assert same["agreement"]["max_abs_logit_difference"] == 0.0
+
     halves = [evaluate(files["segmenter"], files["seg_images"], masks=files["masks"], shard_index=k, shard_count=2)
               for k in range(2)]
     assert without_timing(merge_reports(halves)) == without_timing(report)

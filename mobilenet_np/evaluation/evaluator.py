@@ -5,7 +5,8 @@ what to run; an `Evaluator` built from it loads the network(s) once and turns sa
 
   classification  {"image", "label", "top": [top-5 class ids, best first]}
   segmentation    {"image", "label": None, "confusion": [[t, p, pixels], ...], "ignored": pixels}
-                  (the nonzero entries of this image's confusion matrix; mask pixels 255 are ignored)
+                  (the nonzero entries of this image's confusion matrix; mask pixels 255 are ignored;
+                  without masks, only {"image", "label": None} and the agreement fields)
   --against       + {"top1", "other_top1", "positions", "agreeing", "max_abs_diff", "sum_abs_diff", "values"}
   failure         {"image", "label", "error": "one-line message"}   (unreadable image, missing mask, ...)
 
@@ -154,12 +155,14 @@ class Evaluator:
                 result = {"image": sample.key, "label": sample.label,
                           "top": [int(c) for c in top_k_classes(logits[None], TOP_K)[0]]}
             else:
-                mask = self.read_mask(sample, (image.height, image.width))
-                confusion = confusion_matrix(mask, self.class_map(image, logits), self.num_labels, VOC_IGNORE_INDEX)
-                t, p = np.nonzero(confusion)
-                result = {"image": sample.key, "label": None,
-                          "confusion": [[int(a), int(b), int(confusion[a, b])] for a, b in zip(t, p)],
-                          "ignored": int(np.count_nonzero(mask == VOC_IGNORE_INDEX))}
+                result = {"image": sample.key, "label": None}
+                if self.spec.masks is not None:
+                    mask = self.read_mask(sample, (image.height, image.width))
+                    confusion = confusion_matrix(mask, self.class_map(image, logits), self.num_labels,
+                                                 VOC_IGNORE_INDEX)
+                    t, p = np.nonzero(confusion)
+                    result["confusion"] = [[int(a), int(b), int(confusion[a, b])] for a, b in zip(t, p)]
+                    result["ignored"] = int(np.count_nonzero(mask == VOC_IGNORE_INDEX))
             if self.other is not None or self.reference is not None:
                 result.update(self.agreement(sample, image, logits))
             return result

@@ -93,7 +93,8 @@ def build_report(header: dict, records: list[dict], timing: dict) -> dict:
               "unreadable": [{"image": r["image"], "error": r["error"]} for r in records if "error" in r]}
     labels = header["labels"]
     report["classification"] = classification_summary(good, labels) if header["task"] == "classification" else None
-    report["segmentation"] = segmentation_summary(good, labels) if header["task"] == "segmentation" else None
+    report["segmentation"] = segmentation_summary(good, labels) if header["task"] == "segmentation" and \
+        header["masks"] else None
     report["agreement"] = agreement_summary(good, header["against"], header["against_kind"]) if header["against"] \
         else None
     report["timing"] = timing
