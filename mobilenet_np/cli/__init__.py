@@ -14,7 +14,7 @@ import sys
 from ..commandline import build_parser, run_command
 
 # Subcommand modules of mobilenet-np, in the order `--help` lists them.
-SUBCOMMANDS = ["classify", "segment", "summary", "golden", "compare"]
+SUBCOMMANDS = ["classify", "segment", "summary", "golden", "compare", "evaluate"]
 
 
 def main(argv: list[str] | None = None) -> int:
