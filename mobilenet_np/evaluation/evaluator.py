@@ -29,7 +29,8 @@ from PIL import Image
 from ..errors import ConfigError, ImageError, MobileNetError
 from ..image_processing import load_image
 from ..pipelines import pipeline
-from ..weights import load
+from ..fast import EngineSettings
+from ..networks import load
 from .labels import Sample
 from .metrics import VOC_IGNORE_INDEX, confusion_matrix, top_k_classes
 
@@ -76,6 +77,7 @@ class EvaluationSpec:
     masks: str | None = None         # segmentation: folder of class-id PNG masks
     against: str | None = None       # weights file, .npz, .safetensors or folder of .npy logits
     against_kind: str | None = None  # see against_kind()
+    threads: int | None = None       # the fast engine's walkers (None: its default); 1 in worker processes
 
 
 def reference_names(key: str) -> list[str]:
@@ -114,9 +116,15 @@ class ReferenceLogits:
 class Evaluator:
     """The network(s) of a spec, loaded once; `record(sample)` evaluates one image."""
 
+    def _load(self, path):
+        model = load(path)
+        if self.spec.threads is not None:
+            model.engine = EngineSettings(threads=self.spec.threads)
+        return model
+
     def __init__(self, spec: EvaluationSpec):
         self.spec = spec
-        model = load(spec.weights)
+        model = self._load(spec.weights)
         self.task, pipeline_task = task_of(model)
         if self.task != spec.task:
             raise ConfigError(f"{spec.weights}: holds a {self.task} network, expected {spec.task}")
@@ -125,7 +133,7 @@ class Evaluator:
         self.other = None
         self.reference = None
         if spec.against_kind == "weights":
-            other = load(spec.against)
+            other = self._load(spec.against)
             if task_of(other)[0] != self.task or other.config.num_labels != self.num_labels:
                 raise ConfigError(f"{spec.against}: holds a {type(other).__name__} with {other.config.num_labels} "
                                   f"classes, expected a {self.task} network with {self.num_labels} like {spec.weights}")

@@ -22,6 +22,7 @@ paths as this process (a shared file system for a dask cluster on other machines
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import sys
 import threading
@@ -30,18 +31,15 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
 
+from threadpoolctl import threadpool_limits
+
 from ..errors import ConfigError
-from ..fast import get_num_threads, set_num_threads
 from ..fileio import file_sha256
-from ..weights import load
+from ..networks import load
 from .evaluator import EvaluationSpec, Evaluator, against_kind, task_of
 from .labels import Sample, samples_from_folder, shard
 from .report import PartialWriter, build_report, read_partial
 
-try:
-    from threadpoolctl import threadpool_limits
-except ImportError:  # optional: without it BLAS keeps its own thread count (the fast path still runs one thread)
-    threadpool_limits = None
 try:
     from tqdm import tqdm
 except ImportError:  # optional: no progress bar
@@ -88,16 +86,14 @@ _worker = threading.local()   # per worker thread: the Evaluator of the last spe
 
 
 def _one_thread_worker() -> None:
-    """ProcessPoolExecutor initializer: this worker process computes with one thread (fast path and BLAS)."""
-    if threadpool_limits is not None:
-        threadpool_limits(limits=1)
-    set_num_threads(1)
+    """ProcessPoolExecutor initializer: this worker process computes with one thread (BLAS; the fast
+    engine's walkers are set per model, see evaluate_chunk)."""
+    threadpool_limits(limits=1)
 
 
 def evaluate_chunk(spec: EvaluationSpec, samples: list[Sample]) -> list[dict]:
     """The records of a chunk of samples, computed in a worker (a local process or a dask worker)."""
-    if get_num_threads() != 1:
-        set_num_threads(1)
+    spec = dataclasses.replace(spec, threads=1)          # one walker per worker: the workers are the parallelism
     evaluator = getattr(_worker, "evaluator", None)
     if evaluator is None or evaluator.spec != spec:
         evaluator = _worker.evaluator = Evaluator(spec)
