@@ -213,3 +213,378 @@ def test_quant_params_errors():
         p.check("conv2d", "w_params", (3, 1, 3, 3), allow_per_channel=True)
     with pytest.raises(ShapeError, match="add: a_params must be per-tensor"):
         p.check("add", "a_params", (2, 2))
+
+
+# --------------------------------------------------------------------------------------------------
+# CONV_2D and DEPTHWISE_CONV_2D
+# --------------------------------------------------------------------------------------------------
+
+def draw_conv_case(data, depthwise):
+    """A small conv / depthwise layer: shapes, options, codes and quantization (uint8 or int8 per-channel)."""
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    n = data.draw(st.integers(1, 2), label="batch")
+    c_in = data.draw(st.integers(1, 4), label="c_in")
+    dm = data.draw(st.integers(1, 2), label="depth multiplier") if depthwise else 1
+    c_out = c_in * dm if depthwise else data.draw(st.integers(1, 5), label="c_out")
+    kh, kw = data.draw(st.integers(1, 3), label="kh"), data.draw(st.integers(1, 3), label="kw")
+    sh, sw = data.draw(st.integers(1, 2), label="sh"), data.draw(st.integers(1, 2), label="sw")
+    dh, dw = data.draw(st.integers(1, 2), label="dh"), data.draw(st.integers(1, 2), label="dw")
+    padding = data.draw(st.sampled_from(["same", "valid"]), label="padding")
+    lo_h, lo_w = ((kh - 1) * dh + 1, (kw - 1) * dw + 1) if padding == "valid" else (1, 1)
+    h, w = data.draw(st.integers(lo_h, lo_h + 7), label="h"), data.draw(st.integers(lo_w, lo_w + 7), label="w")
+    activation = data.draw(st.sampled_from(sorted(ACTIVATIONS)), label="activation")
+    x_params = draw_params(data, dtype, label="x")
+    weight_shape = (c_out, 1 if depthwise else c_in, kh, kw)
+    weight = draw_codes(data, weight_shape, dtype)
+    if dtype == np.uint8:
+        w_params = draw_params(data, dtype, 1e-3, 0.05, label="w")
+    elif data.draw(st.booleans(), label="per-channel"):
+        w_params = QuantParams([draw_scale(data, 1e-4, 0.05, f"w scale {o}") for o in range(c_out)], 0, axis=0)
+    else:
+        w_params = QuantParams(draw_scale(data, 1e-4, 0.05, "w scale"), 0)
+    taps = (1 if depthwise else c_in) * kh * kw
+    spread = draw_scale(data, 10.0, 1000.0, "output spread") * math.sqrt(taps)
+    y_params = QuantParams(float(x_params.scale[0]) * float(w_params.scale.max()) * spread,
+                           data.draw(st.integers(*fp.dtype_range(dtype)), label="y zero point"))
+    bias = None
+    if data.draw(st.booleans(), label="bias"):
+        bias = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1))).integers(
+            -2 ** 15, 2 ** 15, c_out).astype(np.int32)
+    x = draw_codes(data, (n, c_in, h, w), dtype)
+    options = dict(stride=(sh, sw), padding=padding, dilation=(dh, dw), activation=activation)
+    return x, weight, bias, x_params, w_params, y_params, options, dm
+
+
+def conv_model(x, weight, bias, x_params, w_params, y_params, options, dm, out_shape, depthwise):
+    """The single-op .tflite model of a conv case (TFLite layouts: NHWC, OHWI, [1, KH, KW, C*dm])."""
+    c_out = weight.shape[0]
+    if depthwise:
+        filter_data, axis = np.ascontiguousarray(np.transpose(weight, (1, 2, 3, 0))), 3
+    else:
+        filter_data, axis = np.ascontiguousarray(np.transpose(weight, (0, 2, 3, 1))), 0
+    bias_scale = (np.float32(x_params.scale[0]) * w_params.scale).astype(np.float32)
+    bias_data = np.zeros(c_out, np.int32) if bias is None else bias
+    specs = [tensor(nhwc(x).shape, x.dtype, x_params),
+             tensor(filter_data.shape, x.dtype, w_params, filter_data, axis=axis),
+             Tensor((c_out,), np.int32, scale=bias_scale, zero_point=0, data=bias_data)]
+    fields = dict(padding=PADDINGS[options["padding"]], strideH=options["stride"][0], strideW=options["stride"][1],
+                  dilationHFactor=options["dilation"][0], dilationWFactor=options["dilation"][1],
+                  fusedActivationFunction=ACTIVATIONS[options["activation"]])
+    if depthwise:
+        fields["depthMultiplier"] = dm
+    out = tensor((out_shape[0], out_shape[2], out_shape[3], out_shape[1]), x.dtype, y_params)
+    op, kind = ("DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions") if depthwise else ("CONV_2D", "Conv2DOptions")
+    return single_op_model(op, specs, [out], options=(kind, fields))
+
+
+@pytest.mark.parametrize("depthwise", [False, True], ids=["conv2d", "depthwise_conv2d"])
+@given(data=st.data())
+def test_conv_matches_interpreter_and_naive(depthwise, data):
+    x, weight, bias, x_params, w_params, y_params, options, dm = draw_conv_case(data, depthwise)
+    fast, naive = (qops.depthwise_conv2d, qops.depthwise_conv2d_naive) if depthwise else (qops.conv2d, qops.conv2d_naive)
+    ours = fast(x, weight, bias, x_params, w_params, y_params, **options)
+    zw = 0 if x.dtype == np.int8 else int(w_params.zero_point[0])
+    assert qops.accumulator_bound(weight, zw, x.dtype, int(x_params.zero_point[0]), bias) < 2 ** 53
+    (theirs,) = run_model(conv_model(x, weight, bias, x_params, w_params, y_params, options, dm, ours.shape, depthwise),
+                          nhwc(x))
+    assert ours.dtype == x.dtype
+    assert np.array_equal(ours, nchw(theirs))
+    assert np.array_equal(ours, naive(x, weight, bias, x_params, w_params, y_params, **options))
+
+
+# --------------------------------------------------------------------------------------------------
+# FULLY_CONNECTED
+# --------------------------------------------------------------------------------------------------
+
+@given(data=st.data())
+def test_fully_connected_matches_interpreter_and_naive(data):
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    n, k, c_out = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 40)), data.draw(st.integers(1, 6))
+    x, weight = draw_codes(data, (n, k), dtype), draw_codes(data, (c_out, k), dtype)
+    x_params = draw_params(data, dtype, label="x")
+    if dtype == np.uint8:
+        w_params = draw_params(data, dtype, 1e-3, 0.05, label="w")
+    elif data.draw(st.booleans(), label="per-channel"):
+        w_params = QuantParams([draw_scale(data, 1e-4, 0.05, f"w scale {o}") for o in range(c_out)], 0, axis=0)
+    else:
+        w_params = QuantParams(draw_scale(data, 1e-4, 0.05, "w scale"), 0)
+    spread = draw_scale(data, 10.0, 1000.0, "output spread") * math.sqrt(k)
+    y_params = QuantParams(float(x_params.scale[0]) * float(w_params.scale.max()) * spread,
+                           data.draw(st.integers(*fp.dtype_range(dtype)), label="y zero point"))
+    bias = np.random.default_rng(k).integers(-2 ** 15, 2 ** 15, c_out).astype(np.int32)
+    activation = data.draw(st.sampled_from(sorted(ACTIVATIONS)), label="activation")
+    ours = qops.fully_connected(x, weight, bias, x_params, w_params, y_params, activation)
+    bias_scale = (np.float32(x_params.scale[0]) * w_params.scale).astype(np.float32)
+    model = single_op_model(
+        "FULLY_CONNECTED",
+        [tensor(x.shape, dtype, x_params), tensor(weight.shape, dtype, w_params, weight),
+         Tensor((c_out,), np.int32, scale=bias_scale, zero_point=0, data=bias)],
+        [tensor(ours.shape, dtype, y_params)],
+        options=("FullyConnectedOptions", dict(fusedActivationFunction=ACTIVATIONS[activation])))
+    (theirs,) = run_model(model, x)
+    assert np.array_equal(ours, theirs)
+    assert np.array_equal(ours, qops.fully_connected_naive(x, weight, bias, x_params, w_params, y_params, activation))
+
+
+# --------------------------------------------------------------------------------------------------
+# ADD
+# --------------------------------------------------------------------------------------------------
+
+@given(data=st.data())
+def test_add_matches_interpreter_and_naive(data):
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    shape = tuple(data.draw(st.lists(st.integers(1, 5), min_size=1, max_size=4), label="shape"))
+    # b broadcasts: some dimensions set to 1, maybe leading ones dropped
+    b_shape = tuple(1 if data.draw(st.booleans()) else s for s in shape)[data.draw(st.integers(0, len(shape) - 1)):]
+    if data.draw(st.booleans(), label="swap"):
+        shape, b_shape = b_shape, shape
+    a, b = draw_codes(data, shape, dtype), draw_codes(data, b_shape, dtype)
+    a_params, b_params = draw_params(data, dtype, 0.005, 0.2, "a"), draw_params(data, dtype, 0.005, 0.2, "b")
+    y_params = draw_params(data, dtype, 0.005, 0.4, "y")
+    activation = data.draw(st.sampled_from(sorted(ACTIVATIONS)), label="activation")
+    ours = qops.add(a, b, a_params, b_params, y_params, activation)
+    model = single_op_model("ADD", [tensor(a.shape, dtype, a_params), tensor(b.shape, dtype, b_params)],
+                            [tensor(ours.shape, dtype, y_params)],
+                            options=("AddOptions", dict(fusedActivationFunction=ACTIVATIONS[activation])))
+    (theirs,) = run_model(model, a, b)
+    assert np.array_equal(ours, theirs)
+    assert np.array_equal(ours, qops.add_naive(a, b, a_params, b_params, y_params, activation))
+
+
+# --------------------------------------------------------------------------------------------------
+# AVERAGE_POOL_2D and MEAN
+# --------------------------------------------------------------------------------------------------
+
+@given(data=st.data())
+def test_average_pool_matches_interpreter_and_naive(data):
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    kh, kw = data.draw(st.integers(1, 4), label="kh"), data.draw(st.integers(1, 4), label="kw")   # even windows too
+    sh, sw = data.draw(st.integers(1, 3), label="sh"), data.draw(st.integers(1, 3), label="sw")
+    padding = data.draw(st.sampled_from(["same", "valid"]), label="padding")
+    lo_h, lo_w = (kh, kw) if padding == "valid" else (1, 1)
+    shape = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)),
+             data.draw(st.integers(lo_h, lo_h + 6), label="h"), data.draw(st.integers(lo_w, lo_w + 6), label="w"))
+    x = draw_codes(data, shape, dtype)
+    params = draw_params(data, dtype, label="x")
+    activation = data.draw(st.sampled_from(sorted(ACTIVATIONS)), label="activation")
+    args = dict(kernel_size=(kh, kw), stride=(sh, sw), padding=padding, activation=activation)
+    ours = qops.average_pool2d(x, params, **args)
+    model = single_op_model(
+        "AVERAGE_POOL_2D", [tensor(nhwc(x).shape, dtype, params)],
+        [tensor(nhwc(ours).shape, dtype, params)],
+        options=("Pool2DOptions", dict(padding=PADDINGS[padding], strideH=sh, strideW=sw, filterHeight=kh,
+                                       filterWidth=kw, fusedActivationFunction=ACTIVATIONS[activation])))
+    (theirs,) = run_model(model, nhwc(x))
+    assert np.array_equal(ours, nchw(theirs))
+    assert np.array_equal(ours, qops.average_pool2d_naive(x, params, **args))
+
+
+@given(data=st.data())
+def test_mean_matches_interpreter_and_naive(data):
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    shape = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 4)), data.draw(st.integers(1, 9)),
+             data.draw(st.integers(1, 9)))
+    x = draw_codes(data, shape, dtype)
+    x_params, y_params = draw_params(data, dtype, label="x"), draw_params(data, dtype, label="y")
+    keepdims = data.draw(st.booleans(), label="keepdims")
+    ours = qops.mean(x, x_params, y_params, axis=(2, 3), keepdims=keepdims)
+    out_shape = (shape[0], 1, 1, shape[1]) if keepdims else (shape[0], shape[1])
+    model = single_op_model("MEAN", [tensor(nhwc(x).shape, dtype, x_params),
+                                     Tensor((2,), np.int32, data=np.array([1, 2], np.int32))],
+                            [tensor(out_shape, dtype, y_params)], options=("ReducerOptions", dict(keepDims=keepdims)))
+    (theirs,) = run_model(model, nhwc(x))
+    assert np.array_equal(ours, nchw(theirs) if keepdims else theirs)
+    assert np.array_equal(ours, qops.mean_naive(x, x_params, y_params, axis=(2, 3), keepdims=keepdims))
+
+
+# --------------------------------------------------------------------------------------------------
+# SOFTMAX
+# --------------------------------------------------------------------------------------------------
+
+@given(data=st.data())
+def test_softmax_matches_interpreter_and_naive(data):
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    shape = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 40)))
+    x = draw_codes(data, shape, dtype)
+    x_params = draw_params(data, dtype, 0.01, 1.0, label="x")
+    beta = float(np.float32(data.draw(st.sampled_from([0.5, 1.0, 2.0, 0.37]), label="beta")))
+    ours = qops.softmax(x, x_params, beta)
+    y_params = QuantParams(1 / 256, fp.dtype_range(dtype)[0])
+    model = single_op_model("SOFTMAX", [tensor(shape, dtype, x_params)], [tensor(shape, dtype, y_params)],
+                            options=("SoftmaxOptions", dict(beta=beta)))
+    (theirs,) = run_model(model, x)
+    assert np.array_equal(ours, theirs)
+    assert np.array_equal(ours, qops.softmax_naive(x, x_params, beta))
+
+
+# --------------------------------------------------------------------------------------------------
+# RESIZE_BILINEAR
+# --------------------------------------------------------------------------------------------------
+
+@given(data=st.data())
+def test_resize_bilinear_matches_interpreter_and_naive(data):
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    shape = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 8)),
+             data.draw(st.integers(1, 8)))
+    size = (data.draw(st.integers(1, 17), label="out h"), data.draw(st.integers(1, 17), label="out w"))
+    mode = data.draw(st.sampled_from(["plain", "align_corners", "half_pixel_centers"]), label="mode")
+    flags = dict(align_corners=mode == "align_corners", half_pixel_centers=mode == "half_pixel_centers")
+    x = draw_codes(data, shape, dtype)
+    params = draw_params(data, dtype, label="x")
+    ours = qops.resize_bilinear(x, size, **flags)
+    model = single_op_model("RESIZE_BILINEAR", [tensor(nhwc(x).shape, dtype, params),
+                                                Tensor((2,), np.int32, data=np.array(size, np.int32))],
+                            [tensor((shape[0],) + size + (shape[1],), dtype, params)],
+                            options=("ResizeBilinearOptions", dict(alignCorners=flags["align_corners"],
+                                                                   halfPixelCenters=flags["half_pixel_centers"])))
+    (theirs,) = run_model(model, nhwc(x))
+    assert np.array_equal(ours, nchw(theirs))
+    assert np.array_equal(ours, qops.resize_bilinear_naive(x, size, **flags))
+
+
+# --------------------------------------------------------------------------------------------------
+# CONCATENATION
+# --------------------------------------------------------------------------------------------------
+
+NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}   # an NCHW axis -> the same axis in NHWC
+
+
+@given(data=st.data())
+def test_concatenation_matches_interpreter_and_naive(data):
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    axis = data.draw(st.integers(0, 3), label="axis")
+    base = [data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4)),
+            data.draw(st.integers(1, 4))]
+    count = data.draw(st.integers(1, 3), label="inputs")
+    inputs = []
+    for _ in range(count):
+        shape = list(base)
+        shape[axis] = data.draw(st.integers(1, 3))
+        inputs.append(draw_codes(data, tuple(shape), dtype))
+    y_params = draw_params(data, dtype, label="y")
+    if dtype == np.int8:   # int8 inputs must share the output's params
+        params = [y_params] * count
+    else:                  # uint8: each input equal to the output's params, or its own
+        params = [y_params if data.draw(st.booleans()) else draw_params(data, dtype, label=f"in{i}")
+                  for i in range(count)]
+    ours = qops.concatenation(inputs, params, y_params, axis=axis)
+    model = single_op_model("CONCATENATION", [tensor(nhwc(x).shape, dtype, p) for x, p in zip(inputs, params)],
+                            [tensor(nhwc(ours).shape, dtype, y_params)],
+                            options=("ConcatenationOptions", dict(axis=NHWC_AXIS[axis])))
+    (theirs,) = run_model(model, *[nhwc(x) for x in inputs])
+    assert np.array_equal(ours, nchw(theirs))
+    assert np.array_equal(ours, qops.concatenation_naive(inputs, params, y_params, axis=axis))
+
+
+def test_concatenation_int8_needs_equal_params():
+    x = np.zeros((1, 1, 2, 2), np.int8)
+    with pytest.raises(ShapeError, match="concatenation: int8 inputs must share"):
+        qops.concatenation([x, x], [QuantParams(0.1, 0), QuantParams(0.2, 0)], QuantParams(0.1, 0))
+
+
+# --------------------------------------------------------------------------------------------------
+# QUANTIZE (float -> q, q -> q) and DEQUANTIZE
+# --------------------------------------------------------------------------------------------------
+
+@given(data=st.data())
+def test_quantize_matches_interpreter_and_naive(data):
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    params = draw_params(data, dtype, 0.001, 0.5, label="y")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    scale = np.float32(params.scale[0])
+    # random values, and near-ties: (k + 1/2) * scale rounded to float32 (half-even rounding fails on these)
+    k = rng.integers(-150, 150, 32)
+    x = np.concatenate([rng.normal(size=32) * 40 * scale, (k + np.float32(0.5)) * scale]).astype(np.float32)
+    ours = qops.quantize(x, params, dtype)
+    model = single_op_model("QUANTIZE", [Tensor(x.shape, np.float32)], [tensor(x.shape, dtype, params)])
+    (theirs,) = run_model(model, x)
+    assert np.array_equal(ours, theirs)
+    assert np.array_equal(ours, qops.quantize_naive(x, params, dtype))
+
+
+@given(data=st.data())
+def test_requantize_matches_interpreter_and_naive(data):
+    in_dtype, out_dtype = data.draw(st.sampled_from(DTYPES)), data.draw(st.sampled_from(DTYPES))
+    x = draw_codes(data, (3, 17), in_dtype)
+    x_params = draw_params(data, in_dtype, label="x")
+    if in_dtype != out_dtype and data.draw(st.booleans(), label="xor case"):
+        shift = 128 if in_dtype == np.uint8 else -128
+        zx = int(np.clip(x_params.zero_point[0], -128 + 128 * (in_dtype == np.uint8), 127 + 128 * (in_dtype == np.uint8)))
+        y_params = QuantParams(x_params.scale, zx - shift)
+    else:
+        y_params = draw_params(data, out_dtype, label="y")
+    ours = qops.requantize(x, x_params, y_params, out_dtype)
+    model = single_op_model("QUANTIZE", [tensor(x.shape, in_dtype, x_params)], [tensor(x.shape, out_dtype, y_params)])
+    (theirs,) = run_model(model, x)
+    assert np.array_equal(ours, theirs)
+    assert np.array_equal(ours, qops.requantize_naive(x, x_params, y_params, out_dtype))
+
+
+def test_requantize_xor_fast_path_equals_general_formula():
+    x = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    x_params, y_params = QuantParams(0.05, 131), QuantParams(0.05, 3)
+    ours = qops.requantize(x, x_params, y_params, np.int8)
+    assert np.array_equal(ours, (x ^ 0x80).view(np.int8))
+    assert np.array_equal(ours, qops.requantize_naive(x, x_params, y_params, np.int8))
+
+
+@given(data=st.data())
+def test_dequantize_matches_interpreter_and_naive(data):
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    x = draw_codes(data, (2, 19), dtype)
+    params = draw_params(data, dtype, label="x")
+    ours = qops.dequantize(x, params)
+    (theirs,) = run_model(single_op_model("DEQUANTIZE", [tensor(x.shape, dtype, params)],
+                                          [Tensor(x.shape, np.float32)]), x)
+    assert ours.dtype == np.float32 and np.array_equal(ours, theirs)
+    assert np.array_equal(ours, qops.dequantize_naive(x, params))
+
+
+# --------------------------------------------------------------------------------------------------
+# PAD, ARG_MAX, RESHAPE
+# --------------------------------------------------------------------------------------------------
+
+@given(data=st.data())
+def test_pad_matches_interpreter_and_naive(data):
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    x = draw_codes(data, tuple(data.draw(st.integers(1, 4)) for _ in range(4)), dtype)
+    paddings = np.array([[data.draw(st.integers(0, 2)) for _ in range(2)] for _ in range(4)], np.int64)
+    x_params = draw_params(data, dtype, label="x")
+    y_params = QuantParams(x_params.scale, data.draw(st.integers(*fp.dtype_range(dtype)), label="y zero point"))
+    ours = qops.pad(x, paddings, y_params)
+    nhwc_paddings = paddings[[0, 2, 3, 1]].astype(np.int32)
+    model = single_op_model("PAD", [tensor(nhwc(x).shape, dtype, x_params), Tensor((4, 2), np.int32, data=nhwc_paddings)],
+                            [tensor(nhwc(ours).shape, dtype, y_params)])
+    (theirs,) = run_model(model, nhwc(x))
+    assert np.array_equal(ours, nchw(theirs))
+    assert np.array_equal(ours, qops.pad_naive(x, paddings, y_params))
+
+
+@given(data=st.data())
+def test_arg_max_matches_interpreter_and_naive(data):
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    shape = tuple(data.draw(st.integers(1, 5)) for _ in range(4))
+    x = (draw_codes(data, shape, dtype) % 3).astype(dtype)      # few distinct codes: many ties
+    axis = data.draw(st.integers(0, 3), label="axis")
+    output_dtype = data.draw(st.sampled_from([np.int32, np.int64]), label="output dtype")
+    ours = qops.arg_max(x, axis, output_dtype)
+    out_type = {np.int32: 2, np.int64: 4}[output_dtype]   # TensorType.INT32 / INT64
+    model = single_op_model("ARG_MAX", [tensor(shape, dtype, QuantParams(0.1, 0)),
+                                        Tensor((1,), np.int32, data=np.array([axis], np.int32))],
+                            [Tensor(ours.shape, output_dtype)], options=("ArgMaxOptions", dict(outputType=out_type)))
+    (theirs,) = run_model(model, x)
+    assert theirs.dtype == ours.dtype and np.array_equal(ours, theirs)
+    assert np.array_equal(ours, qops.arg_max_naive(x, axis, output_dtype))
+
+
+def test_reshape_matches_interpreter():
+    x = np.arange(24, dtype=np.uint8).reshape(1, 2, 3, 4)
+    params = QuantParams(0.1, 7)
+    ours = qops.reshape(x, (1, 24))
+    model = single_op_model("RESHAPE", [tensor(x.shape, np.uint8, params),
+                                        Tensor((2,), np.int32, data=np.array([1, 24], np.int32))],
+                            [tensor((1, 24), np.uint8, params)])
+    (theirs,) = run_model(model, x)
+    assert np.array_equal(ours, theirs)
+    with pytest.raises(ShapeError, match="reshape: cannot reshape"):
+        qops.reshape(x, (5, 5))
