@@ -588,3 +588,36 @@ def test_reshape_matches_interpreter():
     assert np.array_equal(ours, theirs)
     with pytest.raises(ShapeError, match="reshape: cannot reshape"):
         qops.reshape(x, (5, 5))
+
+
+def test_uint8_conv_multiplier_takes_the_float32_product():
+    """uint8 CONV_2D forms its multiplier as double(float32(s_x * s_w)) / s_y. The double product gives an M a
+    few units away, which changes an output only near a rounding boundary (2 of 41.9 M outputs in DeepLab),
+    so random layers cannot tell them apart. Here the scales and the accumulator are searched so that they do:
+    a 1x1 conv with w - z_w = 1 turns the 256 input codes into the accumulators bias + 0 ... bias + 255."""
+    rng = np.random.default_rng(7)
+    acc = np.arange(-2 ** 19, 2 ** 19)
+    for _ in range(100):
+        s_x, s_w = (float(np.float32(v)) for v in rng.uniform(0.001, 0.1, 2))
+        s_y = float(np.float32(s_x * s_w * 4096 * rng.uniform(0.9, 1.1)))     # real multiplier ~ 2^-12
+        m_f, e_f = fp.quantize_multiplier(float(np.float32(s_x) * np.float32(s_w)) / s_y)   # float32 product
+        m_d, e_d = fp.quantize_multiplier(float(s_x) * float(s_w) / float(s_y))
+        differ = np.nonzero(fp.multiply_by_quantized_multiplier(acc, m_f, e_f)
+                            != fp.multiply_by_quantized_multiplier(acc, m_d, e_d))[0]
+        if differ.size:
+            break
+    else:
+        pytest.fail("no distinguishing case found")
+    target = int(acc[differ[0]])
+    x = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)
+    weight = np.full((1, 1, 1, 1), 101, np.uint8)
+    bias = np.array([target - 128], np.int32)          # the code 128 gives acc = target
+    x_params, w_params, y_params = QuantParams(s_x, 0), QuantParams(s_w, 100), QuantParams(s_y, 128)
+    ours = qops.conv2d(x, weight, bias, x_params, w_params, y_params)
+    (theirs,) = run_model(conv_model(x, weight, bias, x_params, w_params, y_params,
+                                     dict(stride=(1, 1), padding="valid", dilation=(1, 1), activation="none"), 1,
+                                     ours.shape, depthwise=False), nhwc(x))
+    assert np.array_equal(ours, nchw(theirs))
+    with_double_product = np.clip(fp.multiply_by_quantized_multiplier(x.astype(np.int64) + bias[0], m_d, e_d) + 128,
+                                  0, 255)
+    assert not np.array_equal(ours, with_double_product)   # the case does distinguish the two rules
