@@ -266,19 +266,26 @@ def _c_divide(a: int, b: int) -> int:
 def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
     """gemmlowp's SaturatingRoundingDoublingHighMul: a * b / 2^31 rounded, for int32 a and b.
 
+    Definition (the `_naive` twin is written exactly like this):
         p     = a * b                                  (int64, exact)
         nudge = 2^30 if p >= 0 else 1 - 2^30
         out   = (p + nudge) / 2^31                     C division: truncates toward zero
         a == b == INT32_MIN  ->  INT32_MAX             (the only product that does not fit)
 
-    (The nudge and truncation together round ties upward: the result equals (p + 2^30) >> 31.)
+    Computed here as (p + 2^30) >> 31 (3 array passes instead of 8). The same integers: for p >= 0 both
+    are floor((p + 2^30) / 2^31); for p < 0, truncating s = p + 1 - 2^30 < 0 is floor((s + 2^31 - 1) / 2^31)
+    = floor((p + 2^30) / 2^31). So SRDHM rounds to nearest with ties upward (+inf), and a `//` (floor)
+    of p + nudge would be wrong for negative products.
     """
     a, b = _int64(a), _int64(b)
-    p = a * b
-    shifted = p + np.where(p >= 0, 2 ** 30, 1 - 2 ** 30)
-    # C division by 2^31: floor (>>) and add 1 to negative values that had a remainder.
-    out = (shifted >> 31) + ((shifted < 0) & ((shifted & (2 ** 31 - 1)) != 0))
-    return np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, out)
+    out = a * b
+    out += 2 ** 30
+    out >>= 31
+    # Saturation: only when both can be INT32_MIN (never for a multiplier M >= 0); test the smaller array first.
+    small, large = (a, b) if a.size <= b.size else (b, a)
+    if np.any(small == INT32_MIN) and np.any(large == INT32_MIN):
+        out = np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, out)
+    return out
 
 
 def saturating_rounding_doubling_high_mul_naive(a, b) -> np.ndarray:
@@ -307,7 +314,24 @@ def rounding_divide_by_pot(x, exponent) -> np.ndarray:
     x, exponent = _int64(x), _int64(exponent)
     mask = (np.int64(1) << exponent) - 1
     threshold = (mask >> 1) + (x < 0)
-    return (x >> exponent) + ((x & mask) > threshold)
+    round_up = (x & mask) > threshold
+    out = x >> exponent
+    out += round_up
+    return out
+
+
+def _rounding_divide_by_pot_offset(x, exponent) -> np.ndarray:
+    """`rounding_divide_by_pot` in 4 array passes instead of 6, for the hot path of MBQM (exponent >= 1):
+
+        (x + 2^(n-1) - (x < 0)) >> n
+
+    The same integers: x >= 0 rounds up iff remainder >= 2^(n-1) (i.e. > mask >> 1); x < 0 rounds up iff
+    remainder >= 2^(n-1) + 1 (i.e. > (mask >> 1) + 1). The tests check it against the twin on every MBQM.
+    """
+    out = x + (np.int64(1) << (exponent - 1))
+    out -= x < 0
+    out >>= exponent
+    return out
 
 
 def rounding_divide_by_pot_naive(x, exponent) -> np.ndarray:
@@ -368,7 +392,12 @@ def multiply_by_quantized_multiplier(x, multiplier, exponent, rounding: str = "d
     x, m, e = _int64(x), _int64(multiplier), _int64(exponent)
     if rounding == "double":
         left, right = np.maximum(e, 0), np.maximum(-e, 0)
-        return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x << left, m), right)
+        high = saturating_rounding_doubling_high_mul(x << left if np.any(left) else x, m)
+        if not np.any(right):
+            return high
+        if np.all(right > 0):
+            return _rounding_divide_by_pot_offset(high, right)
+        return rounding_divide_by_pot(high, right)
     if rounding == "single":
         total = 31 - e
         return np.clip((x * m + (np.int64(1) << (total - 1))) >> total, INT32_MIN, INT32_MAX)

@@ -51,6 +51,7 @@ __all__ = [
 ]
 
 EXACT_FLOAT64 = 2 ** 53   # float64 sums of integers are exact while every partial sum stays below this
+EXACT_FLOAT32 = 2 ** 24   # the same for float32
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,15 +160,26 @@ def accumulator_bound(weight, weight_zero_point, x_dtype, x_zero_point, bias=Non
     x_span = max(int(x_zero_point) - qmin, qmax - int(x_zero_point))
     weight_sums = np.abs(weight - zw.reshape((-1,) + (1,) * (weight.ndim - 1))).reshape(channels, -1).sum(axis=1)
     bias = np.zeros(channels, np.int64) if bias is None else np.abs(np.asarray(bias, np.int64))
-    return int(max(int(s) * x_span + int(b) for s, b in zip(weight_sums, bias)))
+    return int((weight_sums * x_span + bias).max())    # int64: exact for any layer below ~10^16 weights
 
 
 def _requantize_accumulator(acc, multiplier, exponent, y_params, act, dtype, rounding="double"):
     """clamp(MBQM(acc, M, e) + z_y, act_min, act_max) as `dtype`; M, e broadcast along axis 1 (channels)."""
+    if np.all(multiplier == multiplier[0]) and np.all(exponent == exponent[0]):
+        multiplier, exponent = multiplier[:1], exponent[:1]     # per-tensor: scalars are cheaper to broadcast
     shape = (1, -1) + (1,) * (acc.ndim - 2)
     out = multiply_by_quantized_multiplier(acc, np.reshape(multiplier, shape), np.reshape(exponent, shape), rounding)
     out += int(y_params.zero_point[0])
-    return np.clip(out, act[0], act[1]).astype(dtype)
+    return np.clip(out, act[0], act[1], out=out).astype(dtype)
+
+
+def _accumulation_dtype(weight, weight_zero_point, x_dtype, x_zero_point):
+    """The cheapest exact accumulator for the sum of products (the bias is added afterwards, in int64):
+    float32 below 2^24 (e.g. 3x3 depthwise), float64 below 2^53, else int64."""
+    bound = accumulator_bound(weight, weight_zero_point, x_dtype, x_zero_point)
+    if bound < EXACT_FLOAT32:
+        return np.float32
+    return np.float64 if bound < EXACT_FLOAT64 else np.int64
 
 
 def _conv_multipliers(op, x, x_params, w_params, y_params, channels):
@@ -216,7 +228,8 @@ def _conv_arguments(op, x, weight, bias, x_params, w_params, y_params, stride, p
 def _centered_input(x, x_zero_point, pads, dtype):
     """x - z_x in `dtype` (float64 or int64), padded with zeros: out-of-image taps contribute nothing
     (the same as padding the raw codes with z_x, or as the reference's skip of those taps)."""
-    xz = x.astype(dtype) - x_zero_point
+    xz = x.astype(dtype)
+    xz -= x_zero_point
     top, bottom, left, right = pads
     if any(pads):
         xz = np.pad(xz, ((0, 0), (0, 0), (top, bottom), (left, right)))
@@ -249,8 +262,7 @@ def conv2d(x, weight, bias, x_params, w_params, y_params, stride=1, padding="val
      act) = _conv_arguments("conv2d", x, weight, bias, x_params, w_params, y_params, stride, padding, dilation,
                             activation, depthwise=False)
     zx = int(x_params.zero_point[0])
-    exact = accumulator_bound(weight, zw, x.dtype, zx, bias) < EXACT_FLOAT64
-    dtype = np.float64 if exact else np.int64
+    dtype = _accumulation_dtype(weight, zw, x.dtype, zx)
     xz = _centered_input(x, zx, pads, dtype)
     wz = weight.astype(dtype) - zw.astype(dtype)[:, None, None, None]
     n, c_in = x.shape[:2]
@@ -263,7 +275,8 @@ def conv2d(x, weight, bias, x_params, w_params, y_params, stride=1, padding="val
         windows = windows[:, :, : sh * (oh - 1) + 1: sh, : sw * (ow - 1) + 1: sw, ::dh, ::dw]   # (N, C, oh, ow, kh, kw)
         cols = windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c_in * kh * kw)
         acc = np.matmul(cols, wz.reshape(c_out, c_in * kh * kw).T).reshape(n, oh, ow, c_out).transpose(0, 3, 1, 2)
-    acc = acc.astype(np.int64) + bias[None, :, None, None]
+    acc = acc.astype(np.int64)
+    acc += bias[None, :, None, None]
     return _requantize_accumulator(acc, multiplier, exponent, y_params, act, x.dtype, rounding)
 
 
@@ -316,19 +329,20 @@ def depthwise_conv2d(x, weight, bias, x_params, w_params, y_params, stride=1, pa
      act) = _conv_arguments("depthwise_conv2d", x, weight, bias, x_params, w_params, y_params, stride, padding,
                             dilation, activation, depthwise=True)
     zx = int(x_params.zero_point[0])
-    exact = accumulator_bound(weight, zw, x.dtype, zx, bias) < EXACT_FLOAT64
-    dtype = np.float64 if exact else np.int64
+    dtype = _accumulation_dtype(weight, zw, x.dtype, zx)
     xz = _centered_input(x, zx, pads, dtype)
     c_out, _, kh, kw = weight.shape
     if c_out != x.shape[1]:
         xz = np.repeat(xz, c_out // x.shape[1], axis=1)      # channel c*dm + m <- input channel c
     wz = weight[:, 0].astype(dtype) - zw.astype(dtype)[:, None, None]
     acc = np.zeros((x.shape[0], c_out, oh, ow), dtype)
+    product = np.empty_like(acc)
     for i in range(kh):
         for j in range(kw):
             window = xz[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
-            acc += window * wz[None, :, i, j, None, None]
-    acc = acc.astype(np.int64) + bias[None, :, None, None]
+            acc += np.multiply(window, wz[None, :, i, j, None, None], out=product)
+    acc = acc.astype(np.int64)
+    acc += bias[None, :, None, None]
     return _requantize_accumulator(acc, multiplier, exponent, y_params, act, x.dtype, rounding)
 
 
