@@ -323,13 +323,14 @@ def rounding_divide_by_pot(x, exponent) -> np.ndarray:
 def _rounding_divide_by_pot_offset(x, exponent) -> np.ndarray:
     """`rounding_divide_by_pot` in 4 array passes instead of 6, for the hot path of MBQM (exponent >= 1):
 
-        (x + 2^(n-1) - (x < 0)) >> n
+        (x + 2^(n-1) - (x < 0)) >> n          with  -(x < 0) == x >> 63  (the sign, 0 or -1)
 
     The same integers: x >= 0 rounds up iff remainder >= 2^(n-1) (i.e. > mask >> 1); x < 0 rounds up iff
     remainder >= 2^(n-1) + 1 (i.e. > (mask >> 1) + 1). The tests check it against the twin on every MBQM.
     """
-    out = x + (np.int64(1) << (exponent - 1))
-    out -= x < 0
+    out = x >> 63
+    out += x
+    out += np.int64(1) << (exponent - 1)
     out >>= exponent
     return out
 

@@ -52,6 +52,7 @@ __all__ = [
 
 EXACT_FLOAT64 = 2 ** 53   # float64 sums of integers are exact while every partial sum stays below this
 EXACT_FLOAT32 = 2 ** 24   # the same for float32
+REQUANTIZE_BLOCK = 2 ** 15   # elements per block of the requantization (int64 temporaries of 256 KiB)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,14 +164,30 @@ def accumulator_bound(weight, weight_zero_point, x_dtype, x_zero_point, bias=Non
     return int((weight_sums * x_span + bias).max())    # int64: exact for any layer below ~10^16 weights
 
 
-def _requantize_accumulator(acc, multiplier, exponent, y_params, act, dtype, rounding="double"):
-    """clamp(MBQM(acc, M, e) + z_y, act_min, act_max) as `dtype`; M, e broadcast along axis 1 (channels)."""
-    if np.all(multiplier == multiplier[0]) and np.all(exponent == exponent[0]):
-        multiplier, exponent = multiplier[:1], exponent[:1]     # per-tensor: scalars are cheaper to broadcast
-    shape = (1, -1) + (1,) * (acc.ndim - 2)
-    out = multiply_by_quantized_multiplier(acc, np.reshape(multiplier, shape), np.reshape(exponent, shape), rounding)
-    out += int(y_params.zero_point[0])
-    return np.clip(out, act[0], act[1], out=out).astype(dtype)
+def _requantize_accumulator(acc, bias, multiplier, exponent, y_params, act, dtype, rounding="double"):
+    """out[n, o] = clamp(MBQM(acc[n, o] + bias[o], M[o], e[o]) + z_y, act_min, act_max) as `dtype`.
+
+    acc (N, C_out, ...) holds the exact sums of products (float or int). The work is done in blocks of
+    about REQUANTIZE_BLOCK elements, so the int64 temporaries stay in cache and are not freshly paged in.
+    """
+    n, c = acc.shape[:2]
+    rows = acc.reshape(n * c, -1)
+    bias = np.tile(bias, n)[:, None]
+    uniform = np.all(multiplier == multiplier[0]) and np.all(exponent == exponent[0])
+    if not uniform:
+        multiplier, exponent = np.tile(multiplier, n)[:, None], np.tile(exponent, n)[:, None]
+    zero_point, (lo, hi) = int(y_params.zero_point[0]), act
+    out = np.empty(rows.shape, dtype)
+    step = max(1, REQUANTIZE_BLOCK // max(rows.shape[1], 1))
+    for start in range(0, n * c, step):
+        block = slice(start, start + step)
+        value = rows[block].astype(np.int64)
+        value += bias[block]
+        value = multiply_by_quantized_multiplier(value, multiplier[0] if uniform else multiplier[block],
+                                                 exponent[0] if uniform else exponent[block], rounding)
+        value += zero_point
+        out[block] = np.clip(value, lo, hi, out=value)
+    return out.reshape(acc.shape)
 
 
 def _accumulation_dtype(weight, weight_zero_point, x_dtype, x_zero_point):
@@ -275,9 +292,7 @@ def conv2d(x, weight, bias, x_params, w_params, y_params, stride=1, padding="val
         windows = windows[:, :, : sh * (oh - 1) + 1: sh, : sw * (ow - 1) + 1: sw, ::dh, ::dw]   # (N, C, oh, ow, kh, kw)
         cols = windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c_in * kh * kw)
         acc = np.matmul(cols, wz.reshape(c_out, c_in * kh * kw).T).reshape(n, oh, ow, c_out).transpose(0, 3, 1, 2)
-    acc = acc.astype(np.int64)
-    acc += bias[None, :, None, None]
-    return _requantize_accumulator(acc, multiplier, exponent, y_params, act, x.dtype, rounding)
+    return _requantize_accumulator(acc, bias, multiplier, exponent, y_params, act, x.dtype, rounding)
 
 
 def conv2d_naive(x, weight, bias, x_params, w_params, y_params, stride=1, padding="valid", dilation=1,
@@ -332,18 +347,30 @@ def depthwise_conv2d(x, weight, bias, x_params, w_params, y_params, stride=1, pa
     dtype = _accumulation_dtype(weight, zw, x.dtype, zx)
     xz = _centered_input(x, zx, pads, dtype)
     c_out, _, kh, kw = weight.shape
-    if c_out != x.shape[1]:
-        xz = np.repeat(xz, c_out // x.shape[1], axis=1)      # channel c*dm + m <- input channel c
+    dm = c_out // x.shape[1]
     wz = weight[:, 0].astype(dtype) - zw.astype(dtype)[:, None, None]
-    acc = np.zeros((x.shape[0], c_out, oh, ow), dtype)
-    product = np.empty_like(acc)
-    for i in range(kh):
-        for j in range(kw):
-            window = xz[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
-            acc += np.multiply(window, wz[None, :, i, j, None, None], out=product)
-    acc = acc.astype(np.int64)
-    acc += bias[None, :, None, None]
-    return _requantize_accumulator(acc, multiplier, exponent, y_params, act, x.dtype, rounding)
+    out = np.empty((x.shape[0], c_out, oh, ow), x.dtype)
+    # Blocks of output channels (about REQUANTIZE_BLOCK outputs each): the block's accumulator stays in
+    # cache while the KH*KW taps are added into it, and is requantized right away.
+    step = dm * max(1, REQUANTIZE_BLOCK // (x.shape[0] * dm * oh * ow))
+    for first in range(0, c_out, step):
+        block = slice(first, min(first + step, c_out))
+        source = xz[:, first // dm: block.stop // dm]
+        if dm > 1:
+            source = np.repeat(source, dm, axis=1)      # channel c*dm + m <- input channel c
+        acc, product = None, None
+        for i in range(kh):
+            for j in range(kw):
+                # the input pixels tap (i, j) sees, for every output pixel of the block at once
+                window = source[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
+                tap = wz[None, block, i, j, None, None]
+                if acc is None:
+                    acc, product = window * tap, np.empty(window.shape, dtype)
+                else:
+                    acc += np.multiply(window, tap, out=product)
+        out[:, block] = _requantize_accumulator(acc, bias[block], multiplier[block], exponent[block], y_params, act,
+                                                x.dtype, rounding)
+    return out
 
 
 def depthwise_conv2d_naive(x, weight, bias, x_params, w_params, y_params, stride=1, padding="valid", dilation=1,
