@@ -621,3 +621,68 @@ def test_uint8_conv_multiplier_takes_the_float32_product():
     with_double_product = np.clip(fp.multiply_by_quantized_multiplier(x.astype(np.int64) + bias[0], m_d, e_d) + 128,
                                   0, 255)
     assert not np.array_equal(ours, with_double_product)   # the case does distinguish the two rules
+
+
+# --------------------------------------------------------------------------------------------------
+# accumulation paths and bad arguments
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["float32", "float64", "int64"])
+def test_every_accumulation_path_is_exact(path, monkeypatch):
+    """conv2d / depthwise_conv2d / fully_connected pick float32 (< 2^24), float64 (< 2^53) or int64 from
+    accumulator_bound; force each path and compare with the naive twins (Python ints)."""
+    if path != "float32":
+        monkeypatch.setattr(qops, "EXACT_FLOAT32", 0)
+    if path == "int64":
+        monkeypatch.setattr(qops, "EXACT_FLOAT64", 0)
+    rng = np.random.default_rng(3)
+    for dtype in DTYPES:
+        info = np.iinfo(dtype)
+        x = rng.integers(info.min, info.max + 1, (2, 6, 7, 5)).astype(dtype)
+        w = rng.integers(info.min, info.max + 1, (4, 6, 3, 3)).astype(dtype)
+        dw = rng.integers(info.min, info.max + 1, (12, 1, 3, 3)).astype(dtype)
+        bias = rng.integers(-5000, 5000, 12).astype(np.int32)
+        zx = int(info.min) + 100
+        x_params, w_params = QuantParams(0.03, zx), QuantParams(0.004, 0 if dtype == np.int8 else 131)
+        y_params = QuantParams(0.03 * 0.004 * 200, zx + 20)
+        args = dict(stride=2, padding="same", activation="relu")
+        assert np.array_equal(qops.conv2d(x, w, bias[:4], x_params, w_params, y_params, **args),
+                              qops.conv2d_naive(x, w, bias[:4], x_params, w_params, y_params, **args))
+        assert np.array_equal(qops.depthwise_conv2d(x, dw, bias, x_params, w_params, y_params, **args),
+                              qops.depthwise_conv2d_naive(x, dw, bias, x_params, w_params, y_params, **args))
+        flat, fc_w = x.reshape(2, -1)[:, :54], w.reshape(4, 54)
+        assert np.array_equal(qops.fully_connected(flat, fc_w, bias[:4], x_params, w_params, y_params),
+                              qops.fully_connected_naive(flat, fc_w, bias[:4], x_params, w_params, y_params))
+
+
+def test_accumulator_bound():
+    w = np.array([[[[3, 250]]], [[[128, 128]]]], np.uint8)     # channel sums |w - 128|: 125 + 122, 0
+    assert qops.accumulator_bound(w, 128, np.uint8, 0, np.array([7, -9])) == 247 * 255 + 7
+    assert qops.accumulator_bound(w, 128, np.uint8, 200, None) == 247 * 200     # max|x - 200| = 200
+
+
+def test_bad_parameters_raise_shape_error_naming_op_and_argument():
+    x = np.zeros((1, 3, 4, 4), np.uint8)
+    w = np.zeros((2, 3, 1, 1), np.uint8)
+    p = QuantParams(0.1, 0)
+    with pytest.raises(ShapeError, match="conv2d: x_params must be a QuantParams"):
+        qops.conv2d(x, w, None, None, p, p)
+    with pytest.raises(ShapeError, match="conv2d: w_params must be per-tensor for uint8"):
+        qops.conv2d(x, w, None, p, QuantParams([0.1, 0.2], 0, axis=0), p)
+    xi, wi = x.astype(np.int8), w.astype(np.int8)
+    with pytest.raises(ShapeError, match="conv2d: w_params has 3 per-channel scales along axis 0"):
+        qops.conv2d(xi, wi, None, p, QuantParams([0.1, 0.2, 0.3], 0, axis=0), p)
+    with pytest.raises(ShapeError, match="depthwise_conv2d: w_params has 2 per-channel scales along axis 5"):
+        qops.depthwise_conv2d(xi, np.zeros((3, 1, 3, 3), np.int8), None, p, QuantParams([0.1, 0.2], 0, axis=5), p)
+    with pytest.raises(ShapeError, match="conv2d: weight must have x's dtype"):
+        qops.conv2d(x, wi, None, p, p, p)
+    with pytest.raises(ShapeError, match="conv2d: bias must be an integer array of shape"):
+        qops.conv2d(x, w, np.zeros(3, np.int32), p, p, p)
+    with pytest.raises(ShapeError, match="add: a_params must be per-tensor"):
+        qops.add(x, x, QuantParams([0.1, 0.1, 0.1], 0, axis=1), p, p)
+    with pytest.raises(ShapeError, match="average_pool2d: x must be uint8 or int8"):
+        qops.average_pool2d(x.astype(np.float32), p, 2, 2)
+    with pytest.raises(ShapeError, match="mean: y_params must be a QuantParams"):
+        qops.mean(x, p, None)
+    with pytest.raises(ShapeError, match="conv2d: output would be empty"):
+        qops.conv2d(x, np.zeros((2, 3, 5, 5), np.uint8), None, p, p, p, padding="valid")

@@ -154,12 +154,13 @@ def accumulator_bound(weight, weight_zero_point, x_dtype, x_zero_point, bias=Non
     codes of x's dtype. float64 matrix products are exact when bound < 2^53. Pass weight_zero_point=0
     for int8 per-channel weights (their zero point is ignored by the kernels).
     """
-    weight = np.asarray(weight).astype(np.int64)
+    weight = np.asarray(weight).astype(np.int32)     # codes and zero points fit; sums are taken in int64
     channels = weight.shape[0]
-    zw = np.broadcast_to(np.asarray(weight_zero_point, np.int64).reshape(-1), (channels,))
+    zw = np.broadcast_to(np.asarray(weight_zero_point, np.int32).reshape(-1), (channels,))
     qmin, qmax = dtype_range(x_dtype)
     x_span = max(int(x_zero_point) - qmin, qmax - int(x_zero_point))
-    weight_sums = np.abs(weight - zw.reshape((-1,) + (1,) * (weight.ndim - 1))).reshape(channels, -1).sum(axis=1)
+    weight_sums = np.abs(weight - zw.reshape((-1,) + (1,) * (weight.ndim - 1))).reshape(channels, -1).sum(
+        axis=1, dtype=np.int64)
     bias = np.zeros(channels, np.int64) if bias is None else np.abs(np.asarray(bias, np.int64))
     return int((weight_sums * x_span + bias).max())    # int64: exact for any layer below ~10^16 weights
 
