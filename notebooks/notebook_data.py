@@ -60,7 +60,7 @@ def shared_data() -> Path | None:
 class Checkpoint:
     """A model and where its weights came from."""
 
-    model: mobilenet_np.modeling_utils.PreTrainedModel
+    model: mobilenet_np.networks.base.PreTrainedModel
     real: bool          # False: random weights, predictions are meaningless
     source: str         # a one-line description, printed by the notebooks
 
@@ -72,7 +72,7 @@ class Checkpoint:
 
 
 def random_model(architecture: str, seed: int = 0, **config):
-    """A mobilenet_np model with seeded random weights (see modeling_utils.random_parameters)."""
+    """A mobilenet_np model with seeded random weights (see networks.base.random_parameters)."""
     cls = mobilenet_np.networks.model_class(architecture)
     return cls(cls.config_class(**config), seed=seed)
 
