@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from . import ops
-from .errors import ConfigError, ImageError
+from .errors import ConfigError, ImageError, ShapeError
 from .registry import ARCHITECTURES
 
 IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
@@ -205,8 +205,8 @@ def resize(image: np.ndarray, size: tuple[int, int], resample: int, name: str = 
         image, scaled = _float_to_uint8_for_pil(image, name)
     try:
         resized = ops.resize_image(np.moveaxis(image, 0, -1), size, resample)  # (h, w, 3): Pillow's algorithm
-    except ValueError as e:
-        raise ConfigError(f"{name}: {e}") from None
+    except ShapeError as e:                                                     # (the op's own error, named)
+        raise ShapeError(f"{name}: {e}") from None
     resized = np.moveaxis(resized, -1, 0)                                       # (3, h, w)
     return rescale(resized, 1 / 255) if scaled else resized
 

@@ -342,20 +342,26 @@ def batch_norm_naive(x, running_mean, running_var, weight, bias, eps) -> np.ndar
     return out
 
 
+def _elementwise_input(x, op: str) -> np.ndarray:
+    """x as an array of the module's float dtype (float64 stays float64, anything else becomes float32)."""
+    x = _as_array(x, op, "x")
+    return x.astype(_float_dtype(x), copy=False)
+
+
 def relu(x) -> np.ndarray:
     """max(x, 0), elementwise. Any shape in, the same shape out."""
-    x = np.asarray(x)
+    x = _elementwise_input(x, "relu")
     return np.maximum(x, x.dtype.type(0))
 
 
 def relu6(x) -> np.ndarray:
     """min(max(x, 0), 6), elementwise: ReLU capped at 6 (keeps activations in a range that quantises well)."""
-    x = np.asarray(x)
+    x = _elementwise_input(x, "relu6")
     return np.clip(x, x.dtype.type(0), x.dtype.type(6))
 
 
 def _elementwise_naive(x, function):
-    x = np.asarray(x)
+    x = _elementwise_input(x, "relu_naive")
     out = np.empty_like(x)
     flat_in, flat_out = x.reshape(-1), out.reshape(-1)
     for k in range(flat_in.size):
