@@ -6,7 +6,7 @@
     add_input_arguments(parser)     --image IMG | --seed N [--image-size H W] (the golden recorders)
     pixel_values_from_args(...)     the pixel values those arguments choose
     image_paths(arguments)          image files, with folders expanded to the images they hold
-    print_json(data) / with progress(items, ...) as items
+    print_json(data) / with progress(items, ...) as items / warn(items, text)
 
 Human output is a plain text table; `--json` output is one JSON document on stdout, documented in
 docs/cli.md. Progress bars go to stderr, so they never mix with the JSON.
@@ -34,10 +34,18 @@ from .formats.golden import GoldenError, seeded_input
 from .image_processing import image_processor_class
 
 
+DEBUG_HELP = "show the full traceback on errors"
+
+
 def build_parser(prog: str, description: str, package: str, modules: list[str]) -> argparse.ArgumentParser:
-    """A parser with `--debug` and one subcommand per module of `package` that exists."""
+    """A parser with `--debug` and one subcommand per module of `package` that exists.
+
+    `--debug` is accepted before the subcommand and after it (`prog --debug classify ...` and
+    `prog classify ... --debug`): each subcommand's parser gets it too, with a suppressed default so
+    that leaving it out there keeps what was given before the subcommand.
+    """
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in modules:
         try:
@@ -47,6 +55,8 @@ def build_parser(prog: str, description: str, package: str, modules: list[str]) 
                 continue
             raise
         module.register(subparsers)
+    for subparser in subparsers.choices.values():
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 
@@ -142,6 +152,15 @@ def progress(items: Iterable, total: int, description: str, enabled: bool = True
         yield bar
     finally:
         bar.close()
+
+
+def warn(items, text: str) -> None:
+    """Print `text` as a line of its own on stderr, above the progress bar `items` when it is one."""
+    write = getattr(items, "write", None)      # tqdm.write clears the bar, prints, and redraws it
+    if write is not None:
+        write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 
 def print_json(data: Any, file=None) -> None:
