@@ -187,7 +187,8 @@ def test_golden_and_compare_hold_a_tensor_or_two_not_the_file(file_format, tmp_p
     out = {name: tmp_path / f"{name}.{file_format}" for name in ("a", "b")}
     argv = ["golden", "--weights", str(weights), "--seed", "0", "--dtype", "float64", "--format", file_format]
     recording = traced_peak(lambda: np_main([*argv, "--out", str(out["a"])]))
-    assert recording < forward_only + 4 * largest, (recording, forward_only, largest)
+    # what the network itself needs, plus its weights loaded and cast, plus a few tensors -- not the 50 MB
+    assert recording < forward_only + total / 4, (recording, forward_only, total)
     shutil.copy(out["a"], out["b"])
     comparing = traced_peak(lambda: np_main(["compare", str(out["a"]), str(out["b"])]))
     pieces = 8 * golden.CHUNK_ELEMENTS * 8                                    # float64 temporaries of one piece
@@ -210,9 +211,9 @@ def test_compare_tensors_in_pieces_equals_the_whole(shape, chunk, transposed, se
     assert pieces["cosine_similarity"] == pytest.approx(whole["cosine_similarity"], abs=1e-12)
 
 
-@given(st.lists(st.tuples(st.sampled_from(golden_io.FLAT_DTYPES), st.lists(st.integers(0, 5), max_size=3)),
-                min_size=1, max_size=5),
-       st.sampled_from(["npz", "safetensors", "bin", "h5"]), st.integers(0, 2**31))
+@given(specs=st.lists(st.tuples(st.sampled_from(golden_io.FLAT_DTYPES), st.lists(st.integers(0, 5), max_size=3)),
+                      min_size=1, max_size=5),
+       file_format=st.sampled_from(["npz", "safetensors", "bin", "h5"]), seed=st.integers(0, 2**31))
 def test_tensor_files_round_trip_any_dtype_and_shape(specs, file_format, seed, tmp_path_factory):
     rng = np.random.default_rng(seed)
     tensors = {f"t.{i}": (rng.normal(size=shape) * 50).astype(dtype) for i, (dtype, shape) in enumerate(specs)}

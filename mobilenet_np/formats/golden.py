@@ -41,7 +41,7 @@ import numpy as np
 from ..fileio import file_sha256  # noqa: F401  (part of this API: the weights_sha256 attribute)
 from . import golden_io
 from .golden_compare import (  # noqa: F401  (the comparison is part of this module's API)
-    DEFAULT_ATOL, DEFAULT_RTOL, LAYOUTS, MISSING_IN_CANDIDATE, MISSING_IN_REFERENCE, NHWC_HINT, OK, OUT_OF_TOLERANCE,
+    CHUNK_ELEMENTS, DEFAULT_ATOL, DEFAULT_RTOL, LAYOUTS, MISSING_IN_CANDIDATE, MISSING_IN_REFERENCE, NHWC_HINT, OK, OUT_OF_TOLERANCE,
     PROBLEM_STATUSES, SHAPE_MISMATCH, Comparison, TensorComparison, channels_last, compare_goldens, compare_tensors,
     comparison_to_json, cosine_similarity, format_table, provenance_warnings, summary_lines)
 from .golden_io import GoldenError

@@ -61,7 +61,7 @@ SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "int
                       "int16": "I16", "int8": "I8", "uint64": "U64", "uint32": "U32", "uint16": "U16",
                       "uint8": "U8", "bool": "BOOL"}
 FLAT_DTYPES = tuple(SAFETENSORS_DTYPES)
-COPY_BLOCK = 16 << 20                    # bytes copied at a time when the spooled data goes behind the header
+COPY_BLOCK = 1 << 20                     # bytes copied at a time when the spooled data goes behind the header
 
 
 class TensorFileError(MobileNetError, ValueError):
@@ -83,7 +83,7 @@ def _little_endian(name: str, array: np.ndarray, path) -> np.ndarray:
     if array.dtype.name not in SAFETENSORS_DTYPES:
         raise TensorFileError(f"{path}: tensor {name!r} has dtype {array.dtype}, expected one of "
                               f"{', '.join(FLAT_DTYPES)}")
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return np.require(array, dtype=array.dtype.newbyteorder("<"), requirements="C")   # keeps 0-d arrays 0-d
 
 
 def _check_name(name: str, path) -> None:
@@ -382,7 +382,9 @@ class NpzReader(TensorReader):
     def shape(self, name):
         with self.zip.open(name + ".npy") as f:
             version = np.lib.format.read_magic(f)
-            shape, _, _ = np.lib.format._read_array_header(f, version)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, _ = read_header(f)
         return tuple(shape)
 
     def read(self, name):
