@@ -74,12 +74,14 @@ def checked_tensors(weights, progress: bool = True):
 
 def export_checkpoint(weights, out_dir, overwrite: bool = False, progress: bool = True) -> Path:
     """Write the weights file `weights` as a transformers checkpoint folder `out_dir`; return its path."""
-    from safetensors.numpy import save_file
-
     tensors, config, stored = checked_tensors(weights, progress)
     with atomic_output_folder(out_dir, overwrite=overwrite) as tmp:
         write_json(tmp / CONFIG_NAME, config)
-        save_file(tensors, tmp / SAFETENSORS_NAME, metadata={"format": "pt"})  # "pt": what transformers expects
+        # golden_io's safetensors writer rather than safetensors.numpy.save_file, which makes the file
+        # mode 0o600: this one leaves the permissions to the umask. "pt": what transformers expects.
+        with golden_io.open_writer(tmp / SAFETENSORS_NAME, "safetensors", {"format": "pt"}) as writer:
+            for key, value in tensors.items():
+                writer.write(key, value)
         if stored.image_processor:
             write_json(tmp / PREPROCESSOR_NAME, stored.image_processor)
     return Path(out_dir)
