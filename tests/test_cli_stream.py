@@ -143,13 +143,15 @@ def test_debug_works_before_and_after_the_subcommand(where, tmp_path, capsys):
 @pytest.mark.parametrize("blocked, argv", [
     ("huggingface_hub", ["convert", "no/such-model", "out.h5"]),
     ("tqdm", ["--help"]),
-    ("safetensors", ["export", "{weights}", "exported"]),
+    ("safetensors", ["convert", "{checkpoint}", "out.h5"]),
     ("tflite", ["import-tflite", "{empty}", "out.h5"]),
 ])
 def test_a_missing_extra_is_named_not_a_traceback(blocked, argv, files, tmp_path):
     empty = tmp_path / "empty.tflite"
     empty.write_bytes(b"")
-    argv = [a.format(weights=files["classifier"], empty=empty) for a in argv]
+    checkpoint = tmp_path / "checkpoint"                  # a transformers folder: reading it needs safetensors
+    assert tools_main(["export", str(files["classifier"]), str(checkpoint), "--no-progress"]) == 0
+    argv = [a.format(checkpoint=checkpoint, empty=empty) for a in argv]
     code = (f"import runpy, sys; sys.modules[{blocked!r}] = None; sys.argv = ['weights_tools'] + {argv!r}; "
             "runpy.run_module('weights_tools', run_name='__main__', alter_sys=True)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
