@@ -4,9 +4,10 @@
     add_model_arguments(parser)     --weights FILE.h5 | --model HUB_ID (one of them is required)
     add_output_arguments(parser)    --json and --force
     add_input_arguments(parser)     --image IMG | --seed N [--image-size H W] (the golden recorders)
+    add_golden_output_arguments     --out --format --compression --layers --dtype --force (the same)
     pixel_values_from_args(...)     the pixel values those arguments choose
     image_paths(arguments)          image files, with folders expanded to the images they hold
-    print_json(data) / with progress(items, ...) as items
+    print_json(data) / with progress(items, ...) as items / warn(items, text)
 
 Human output is a plain text table; `--json` output is one JSON document on stdout, documented in
 docs/cli.md. Progress bars go to stderr, so they never mix with the JSON.
@@ -30,14 +31,23 @@ from PIL import Image
 from .configuration_utils import image_size_pair
 from .errors import ImageError, MobileNetError, OutputExistsError
 from .fileio import file_sha256
-from .formats.golden import GoldenError, seeded_input
+from .formats.golden import DTYPES, GoldenError, seeded_input
+from .formats.golden_io import COMPRESSIONS, FORMATS
 from .image_processing import image_processor_class
 
 
+DEBUG_HELP = "show the full traceback on errors"
+
+
 def build_parser(prog: str, description: str, package: str, modules: list[str]) -> argparse.ArgumentParser:
-    """A parser with `--debug` and one subcommand per module of `package` that exists."""
+    """A parser with `--debug` and one subcommand per module of `package` that exists.
+
+    `--debug` is accepted before the subcommand and after it (`prog --debug classify ...` and
+    `prog classify ... --debug`): each subcommand's parser gets it too, with a suppressed default so
+    that leaving it out there keeps what was given before the subcommand.
+    """
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in modules:
         try:
@@ -47,6 +57,8 @@ def build_parser(prog: str, description: str, package: str, modules: list[str]) 
                 continue
             raise
         module.register(subparsers)
+    for subparser in subparsers.choices.values():
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 
@@ -144,6 +156,15 @@ def progress(items: Iterable, total: int, description: str, enabled: bool = True
         bar.close()
 
 
+def warn(items, text: str) -> None:
+    """Print `text` as a line of its own on stderr, above the progress bar `items` when it is one."""
+    write = getattr(items, "write", None)      # tqdm.write clears the bar, prints, and redraws it
+    if write is not None:
+        write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
 def print_json(data: Any, file=None) -> None:
     """One JSON document, indented, keys in the order the command built them, ending with a newline."""
     print(json.dumps(data, indent=2, ensure_ascii=False), file=file or sys.stdout)
@@ -157,6 +178,25 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
                         help="random pixel values in [-1, 1) from this seed (the same on every recorder)")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                         help="size of the --seed input (default: config.image_size)")
+
+
+def add_golden_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """--out, --format, --compression, --layers, --dtype, --force: what a golden recorder writes (shared with
+    golden-torch)."""
+    parser.add_argument("--out", required=True, metavar="GOLDEN", help="the golden file to write")
+    parser.add_argument("--format", choices=FORMATS, dest="file_format",
+                        help="file format (default: from --out's ending .h5 .npz .safetensors .bin, else h5); "
+                             "docs/golden_format.md")
+    parser.add_argument("--compression", choices=COMPRESSIONS,
+                        help="compress the tensors (h5 only; gzip is smaller, lzf faster)")
+    parser.add_argument("--layers", action="append", metavar="PATTERN",
+                        help="record only the tensors whose module path matches: a shell glob on the whole path "
+                             "('mobilenet_v2.layer.*.conv_3x3', '*.normalization'), or re:REGEX, a Python regular "
+                             "expression searched in the path ('re:layer\\.1[0-5]$'); repeat for more; "
+                             "pixel_values is always recorded")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="run the network in this precision (default float32; float64 is the precise reference)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
 def pixel_values_from_args(args: argparse.Namespace, architecture: str, config: dict, image_processor: dict,

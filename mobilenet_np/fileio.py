@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Iterator
 
@@ -17,7 +17,8 @@ def atomic_output(path, overwrite: bool = False, suffix: str = "") -> Iterator[P
     """Yield a temporary path beside `path`; on success rename it onto `path` in one step.
 
     The temporary file lives in the same folder (so the rename is atomic) and is removed if the
-    body raises or is interrupted. An existing `path` is only replaced with overwrite=True.
+    body raises or is interrupted. An existing `path` is only replaced with overwrite=True. The file
+    gets the permissions any new file gets (0o666 minus the umask: typically rw-r--r--).
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
@@ -27,12 +28,7 @@ def atomic_output(path, overwrite: bool = False, suffix: str = "") -> Iterator[P
         raise OutputExistsError(f"{path}: exists already (pass --force / overwrite=True to replace it)")
     if path.is_dir():
         raise MobileNetError(f"{path}: is a folder, expected a file path")
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=folder)
-    except OSError as e:
-        raise MobileNetError(f"{path}: cannot write in {folder} ({e.strerror})") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temporary_sibling(path, suffix=f".tmp{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -40,6 +36,29 @@ def atomic_output(path, overwrite: bool = False, suffix: str = "") -> Iterator[P
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def temporary_sibling(path: Path, suffix: str = ".tmp", folder: bool = False) -> Path:
+    """Create an empty file (or folder) named `.NAME.<random>SUFFIX` beside `path`; return its path.
+
+    Created with mode 0o666 (folders 0o777) so that the umask decides the permissions, as for any new
+    file (tempfile.mkstemp / mkdtemp would give 0o600 / 0o700 whatever the umask says). O_EXCL (or
+    mkdir) fails rather than reuse a name that exists, so two writers never share a temporary.
+    """
+    parent = path.parent if str(path.parent) else Path(".")
+    for _ in range(100):
+        candidate = parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            if folder:
+                os.mkdir(candidate, 0o777)
+            else:
+                os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise MobileNetError(f"{path}: cannot write in {parent} ({e.strerror})") from None
+    raise MobileNetError(f"{path}: cannot create a temporary {'folder' if folder else 'file'} in {parent}")
 
 
 def file_sha256(path) -> str:

@@ -134,7 +134,10 @@ def test_classify_table(capsys, files):
 def test_classify_errors(capsys, files, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    assert_fails(capsys, ["classify", files["image"], bad, "--weights", files["classifier"]], bad)
+    # an unreadable image among good ones: reported on stderr and skipped, the others printed, exit status 1
+    status, out, err = run_cli(capsys, "classify", files["image"], bad, "--weights", files["classifier"])
+    assert status == 1 and out.splitlines()[0] == str(files["image"]) and str(bad) not in out
+    assert [line for line in err.splitlines() if str(bad) in line][0].endswith("(skipped)")
     assert_fails(capsys, ["classify", tmp_path / "missing.png", "--weights", files["classifier"]],
                    "missing.png", "no such image")
     empty = tmp_path / "empty"

@@ -24,6 +24,7 @@ from safetensors.numpy import load_file, save_file
 
 import mobilenet_np
 from mobilenet_np.errors import ConversionError, OutputExistsError, WeightsError
+from mobilenet_np.formats import golden_io
 from mobilenet_np.formats.weights import read_weights
 from weights_tools import __version__
 from weights_tools.__main__ import main
@@ -350,17 +351,15 @@ def test_export_replaces_an_existing_folder_only_with_force(checkpoint, tmp_path
 
 
 def test_a_failed_export_leaves_the_old_folder_and_no_temporary(checkpoint, tmp_path, monkeypatch):
-    import safetensors.numpy
-
     weights = convert_checkpoint(checkpoint[1], tmp_path / "weights.h5", progress=False)
     out = tmp_path / "exported"
     out.mkdir()
     (out / "keep.txt").write_text("keep me")
 
-    def disk_full(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"half a file")
+    def disk_full(self, name, array):           # the safetensors writer runs out of disk half-way
+        self.spool.write(b"half a tensor")
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(safetensors.numpy, "save_file", disk_full)
+    monkeypatch.setattr(golden_io.SpooledWriter, "_write", disk_full)
     with pytest.raises(OSError, match="No space left"):
         export_checkpoint(weights, out, overwrite=True, progress=False)
     assert listing(tmp_path) == ["exported", "weights.h5"] and listing(out) == ["keep.txt"]

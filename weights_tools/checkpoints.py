@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mobilenet_np.errors import ConversionError, MobileNetError, OutputExistsError
+from mobilenet_np.fileio import temporary_sibling
 
 CONFIG_NAME = "config.json"
 PREPROCESSOR_NAME = "preprocessor_config.json"
@@ -233,10 +233,7 @@ def atomic_output_folder(path, overwrite: bool = False) -> Iterator[Path]:
         raise MobileNetError(f"{path}: cannot write, folder {parent} does not exist")
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise OutputExistsError(f"{path}: exists already (pass --force / overwrite=True to replace it)")
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
-    except OSError as e:
-        raise MobileNetError(f"{path}: cannot write in {parent} ({e.strerror})") from None
+    tmp = temporary_sibling(path, suffix=".tmp", folder=True)   # permissions from the umask, not 0o700
     try:
         yield tmp
         old = None

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenet_np.commandline import add_input_arguments, check_output_path, pixel_values_from_args
+from mobilenet_np.commandline import (add_golden_output_arguments, add_input_arguments, check_output_path,
+                                     pixel_values_from_args)
 from mobilenet_np.errors import ConversionError, WeightsError
 from mobilenet_np.formats import golden
 from mobilenet_np.formats.weights import read_weights
@@ -52,21 +53,24 @@ def hooked_module_names(model) -> list[str]:
     return names
 
 
-def record_transformers(model, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+def record_transformers(model, pixel_values: np.ndarray, record=None) -> dict[str, np.ndarray]:
     """Run a transformers model once on (N, C, H, W) pixel values; {module path: output} in execution order.
 
-    The model runs in the dtype of its parameters; `pixel_values` is cast to it.
+    The model runs in the dtype of its parameters; `pixel_values` is cast to it. With `record` (a
+    `record(name, tensor)` callback such as golden.GoldenWriter) each tensor goes there as it is
+    computed instead, and the dict returned is empty.
     """
     import torch
 
-    recording = golden.Recording()
-    recording("pixel_values", pixel_values)
+    recording = golden.Recording() if record is None else None
+    record = recording if record is None else record
+    record("pixel_values", pixel_values)
     modules = dict(model.named_modules())
 
     def hook_for(name):
         def hook(module, inputs, output):
             if isinstance(output, torch.Tensor):  # copy now: a later in-place op must not change the record
-                recording(name, output.detach().cpu().numpy())
+                record(name, output.detach().cpu().numpy())
         return hook
 
     handles = [modules[name].register_forward_hook(hook_for(name)) for name in hooked_module_names(model)]
@@ -77,7 +81,7 @@ def record_transformers(model, pixel_values: np.ndarray) -> dict[str, np.ndarray
     finally:
         for handle in handles:
             handle.remove()
-    return recording.tensors
+    return recording.tensors if recording is not None else {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,10 +168,7 @@ def register(subparsers) -> None:
     source.add_argument("--checkpoint", metavar="DIR", help="a transformers checkpoint folder (config.json + "
                         "model.safetensors)")
     add_input_arguments(parser)
-    parser.add_argument("--out", required=True, metavar="GOLDEN.h5", help="the golden file to write")
-    parser.add_argument("--dtype", choices=sorted(golden.DTYPES), default="float32",
-                        help="run the model in this precision (default float32)")
-    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_golden_output_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -185,13 +186,14 @@ def run(args: argparse.Namespace) -> int:
         model, source = transformers_model_from_checkpoint(args.checkpoint, dtype)
     pixel_values, input_info = pixel_values_from_args(args, source.architecture, source.config,
                                                       source.image_processor, dtype)
-    tensors = record_transformers(model, pixel_values)
     attrs = golden.golden_attributes(PRODUCER, source.architecture, source.config, source.weights_source,
                                      source.weights_sha256, args.dtype, input_info,
                                      golden.library_versions("torch", "transformers"))
-    golden.save_golden(out, tensors, attrs, overwrite=args.force)
-    print(f"wrote {out}: {len(tensors)} tensors of transformers {source.architecture} ({args.dtype}, "
-          f"input {tuple(pixel_values.shape)})")
+    with golden.GoldenWriter(out, attrs, args.file_format, overwrite=args.force, compression=args.compression,
+                             layers=args.layers) as record:
+        record_transformers(model, pixel_values, record)     # each tensor is written as the hook sees it
+    print(f"wrote {out}: {len(record.names)} tensors of transformers {source.architecture} ({args.dtype}, "
+          f"input {tuple(pixel_values.shape)}, {record.file_format})")
     return 0
 
 

@@ -4,16 +4,21 @@
     mobilenet-np classify photos/ --model google/mobilenet_v2_1.0_224 --top-k 3 --json
 
 A folder stands for the images in it. Each image goes through the pipeline of
-mobilenet_np.pipelines (image processor stored with the weights -> network -> softmax). The
---json document is described in docs/cli.md.
+mobilenet_np.pipelines (image processor stored with the weights -> network -> softmax), and its
+result is printed as soon as it is known (a table per image, or one line of the streamed --json
+document described in docs/cli.md). An image that cannot be read is reported on stderr and
+skipped; the exit status is then 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
+from ..errors import ImageError
 from ..pipelines import ImageClassificationPipeline, ranked_classes
-from ..commandline import add_model_arguments, add_output_arguments, image_paths, print_json, progress
+from ..commandline import add_model_arguments, add_output_arguments, image_paths, progress, warn
 from ..tables import format_table
 from .common import load_model
 
@@ -48,18 +53,59 @@ def classify(classifier: ImageClassificationPipeline, path, top_k: int) -> dict:
     return {"image": str(path), "predictions": predictions}
 
 
+class JsonStream:
+    """The --json document, printed piece by piece: the header, one line per result, the failures at the end.
+
+    The whole output is one JSON document (the schema of docs/cli.md); each result is a complete JSON
+    object on a line of its own (followed by a comma except the last), flushed as soon as it is known.
+    """
+
+    def __init__(self, header: dict, file=None) -> None:
+        self.file = file or sys.stdout
+        self.count = 0
+        opening = json.dumps(header, ensure_ascii=False)[:-1]            # '{"command": ..., "top_k": 5'
+        self._write(opening + (", " if header else "") + '"results": [')
+
+    def _write(self, text: str) -> None:
+        self.file.write(text)
+        self.file.flush()
+
+    def result(self, result: dict) -> None:
+        self._write(("," if self.count else "") + "\n  " + json.dumps(result, ensure_ascii=False))
+        self.count += 1
+
+    def close(self, failed: list[dict]) -> None:
+        self._write("\n],\n\"failed\": " + json.dumps(failed, ensure_ascii=False) + "}\n")
+
+
+def print_table(result: dict, first: bool) -> None:
+    rows = [(p["rank"], p["class_id"], p["score"], p["label"]) for p in result["predictions"]]
+    print(("" if first else "\n") + result["image"])
+    print(format_table(["rank", "class", "score", "label"], rows, align="rrrl"), flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
-    paths = image_paths(args.images)
+    paths = image_paths(args.images)            # missing paths stop here, before any work (exit 2)
     classifier = ImageClassificationPipeline(load_model(args))
     weights = classifier.model.metadata["path"]
-    with progress(paths, len(paths), "classify", enabled=len(paths) > 1) as items:
-        results = [classify(classifier, path, args.top_k) for path in items]
-    if args.json:
-        print_json({"command": "classify", "weights": weights, "model": args.model,
-                    "architecture": type(classifier.model).__name__, "top_k": args.top_k, "results": results})
-        return 0
-    for n, result in enumerate(results):
-        rows = [(p["rank"], p["class_id"], p["score"], p["label"]) for p in result["predictions"]]
-        print(("\n" if n else "") + result["image"])
-        print(format_table(["rank", "class", "score", "label"], rows, align="rrrl"))
-    return 0
+    stream = JsonStream({"command": "classify", "weights": weights, "model": args.model,
+                         "architecture": type(classifier.model).__name__, "top_k": args.top_k}) if args.json else None
+    failed, printed = [], 0
+    # The results themselves show the progress on a terminal; the bar is for output going to a file or a pipe.
+    show_bar = len(paths) > 1 and not sys.stdout.isatty()
+    with progress(paths, len(paths), "classify", enabled=show_bar) as items:
+        for path in items:
+            try:
+                result = classify(classifier, path, args.top_k)
+            except ImageError as e:             # this image only: say so, go on with the others
+                warn(items, f"mobilenet-np classify: error: {e} (skipped)")
+                failed.append({"image": str(path), "error": str(e)})
+                continue
+            if stream:
+                stream.result(result)
+            else:
+                print_table(result, first=printed == 0)
+            printed += 1
+    if stream:
+        stream.close(failed)
+    return 1 if failed else 0

@@ -31,7 +31,7 @@ def weights_path(args: argparse.Namespace) -> Path:
         if path.is_file():
             return path
         raise WeightsError(f"{args.model}: not in the cache ({path}) and converting it needs weights_tools and the "
-                           f"'convert' extra (pip install 'mobilenet-np[convert]'; missing {_missing_extra.name}); "
+                           f"'weights' extra (pip install \"mobilenet-np[weights]\"; missing {_missing_extra.name}); "
                            f"pass --weights FILE.h5 instead, or put a converted file at {path}")
     return resolve_hub_id(args.model)
 

@@ -96,12 +96,20 @@ def overlay_image(image, class_map: np.ndarray, shares: list[dict], background: 
     tint = ~np.isin(class_map, list(background))[..., None]                # (H, W, 1)
     blended = np.where(tint, (1 - OVERLAY_OPACITY) * pixels + OVERLAY_OPACITY * colours, pixels)
     overlay = Image.fromarray(np.round(blended).astype(np.uint8))
-    draw_legend(overlay, [(s["label"], tuple(int(c) for c in palette[s["class_id"]])) for s in shares])
+    draw_legend(overlay, legend_entries(shares, background, palette))
     return overlay
 
 
-def draw_legend(image, entries: list[tuple[str, tuple[int, int, int]]]) -> None:
-    """Draw a box in the top-left corner of `image` (in place): one colour swatch and label per entry.
+def legend_entries(shares: list[dict], background: set[int], palette: np.ndarray) -> list[tuple[str, tuple | None]]:
+    """[(label, colour)] of the classes present, each shown as it is drawn: a tinted class with its
+    palette colour, an untinted (background) class with no colour (an empty swatch) and "(untinted)"."""
+    return [(f"{s['label']} (untinted)", None) if s["class_id"] in background
+            else (s["label"], tuple(int(c) for c in palette[s["class_id"]])) for s in shares]
+
+
+def draw_legend(image, entries: list[tuple[str, tuple[int, int, int] | None]]) -> None:
+    """Draw a box in the top-left corner of `image` (in place): one colour swatch and label per entry
+    (colour None: an empty swatch, only its white outline, for a class drawn without tint).
 
     Nothing is drawn when the box would be taller than a third of the image or wider than half of it.
     """
