@@ -266,14 +266,15 @@ def test_hub_id_through_the_huggingface_cache_from_the_environment(hub, tmp_path
 
 
 # -- small checkpoints for the rest -----------------------------------------------------------------
+# (their processors' shortest edges differ from for_image_size's rule, so that a stored one is told apart)
 
 SMALL = {
     "v1": ("MobileNetV1ForImageClassification", {"depth_multiplier": 0.25, "image_size": 160, "num_labels": 5},
-           MobileNetV1ImageProcessor.for_image_size(160)),
+           MobileNetV1ImageProcessor(size={"shortest_edge": 170}, crop_size={"height": 160, "width": 160})),
     "v2": ("MobileNetV2ForImageClassification", {"depth_multiplier": 0.35, "image_size": 64, "num_labels": 7},
            MobileNetV2ImageProcessor(size={"shortest_edge": 80}, crop_size={"height": 64, "width": 64})),
     "deeplab": ("MobileNetV2ForSemanticSegmentation", {"depth_multiplier": 0.35, "image_size": 65, "num_labels": 4},
-                MobileNetV2ImageProcessor.for_image_size(65)),
+                MobileNetV2ImageProcessor(size={"shortest_edge": 70}, crop_size={"height": 65, "width": 65})),
 }
 
 
