@@ -319,7 +319,8 @@ def _torch_tensor(array: np.ndarray):
 class MobileNetV1ImageProcessor:
     """transformers' MobileNetV1ImageProcessor (PIL backend): same fields, defaults and pixel values.
 
-    `processor(images)` -> {"pixel_values": (N, 3, crop_height, crop_width) float32}.
+    `processor(images)` -> BatchFeature {"pixel_values": (N, 3, crop_height, crop_width) float32} (`return_tensors`:
+    "np", "pt" or None, see `preprocess`).
     `do_convert_rgb`: None / True convert every image to RGB (module docstring); False accepts only
     3-channel images (transformers' default, None, does not convert and fails on other images).
     """

@@ -109,9 +109,9 @@ def download_from_hub(repo_id: str, revision: str | None, hint: str) -> Path:
             why = f"offline mode is on (HF_HUB_OFFLINE=1) and it is not in the Hub cache {cache}"
         else:
             why = f"the Hugging Face Hub cannot be reached (no network?) and it is not in the Hub cache {cache}"
-        raise ConversionError(f"{repo_id}: no such local folder; as a Hub model id: {why}; {hint}") from None
+        raise ConversionError(f"{repo_id}: not a local path; as a Hub model id: {why}; {hint}") from None
     except errors.RepositoryNotFoundError:
-        raise ConversionError(f"{repo_id}: no such local folder, and no such model on the Hugging Face Hub (or it is "
+        raise ConversionError(f"{repo_id}: not a local path, and no such model on the Hugging Face Hub (or it is "
                               f"private or gated: log in with `hf auth login`); {hint}") from None
     except errors.HFValidationError as e:
         raise ConversionError(f"{repo_id}: neither a local folder nor a valid Hub model id ({e}); {hint}") from None
