@@ -1,7 +1,8 @@
 """What the two config classes share: labels, dict/JSON round trips and field checks.
 
 The configs mirror `transformers.MobileNetV1Config` / `MobileNetV2Config`: same field names, same
-defaults, and `from_dict` takes a transformers config.json dict as it is.
+defaults, and `from_dict` takes a transformers config.json dict as it is. `from_pretrained` reads the
+config of a weights file, a checkpoint folder or a Hub id (formats/transformers_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import ConfigError
+from .formats.transformers_checkpoint import read_pretrained
+from .formats.weights import WeightsFile
+from .registry import ARCHITECTURES
 
 # Keys of a transformers config.json that carry no architecture information (kept out of our fields).
 _BOOKKEEPING_KEYS = {"architectures", "transformers_version", "torch_dtype", "dtype", "model_type",
@@ -62,6 +66,35 @@ class PretrainedConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in config_dict.items() if k in names and k != "label2id"}
         return cls(**kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, revision: str | None = None, **overrides):
+        """The config stored with pretrained weights, as transformers' `Config.from_pretrained`.
+
+        `pretrained_model_name_or_path`: a mobilenet-np .h5 file, a transformers checkpoint folder
+        (or its model.safetensors), or a Hub id in huggingface_hub's cache (`revision`: its branch,
+        tag or commit). `overrides` replace config fields, e.g. `tf_padding=False`.
+        """
+        return cls.from_weights_file(read_pretrained(pretrained_model_name_or_path, revision), **overrides)
+
+    @classmethod
+    def from_weights_file(cls, stored: WeightsFile, **overrides):
+        """The config of weights read by formats.transformers_checkpoint.read_pretrained, with `overrides`
+        (`num_labels` without `id2label` drops the stored labels: LABEL_0, ... as in transformers)."""
+        if ARCHITECTURES[stored.architecture].family != cls.model_type:
+            raise ConfigError(f"{stored.path}: holds a {stored.architecture}, whose config is not a {cls.__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ConfigError(f"{cls.__name__}.from_pretrained: unknown config field {unknown[0]!r}, "
+                              f"expected one of {sorted(names)}")
+        config_dict = dict(stored.config)
+        if "num_labels" in overrides and "id2label" not in overrides:
+            config_dict.pop("id2label", None)
+        try:
+            return cls.from_dict({**config_dict, **overrides})
+        except ConfigError as e:
+            raise ConfigError(f"{stored.path}: {e}") from None
 
     @classmethod
     def from_json_file(cls, path):

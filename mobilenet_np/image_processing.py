@@ -9,9 +9,14 @@ The published MobileNet checkpoints expect (N, 3, H, W) float32 pixel values mad
       -> normalize: (x - image_mean) / image_std (0.5, 0.5)   values in [-1, 1]
 
 Resizing is Pillow's antialiased resampling, written in NumPy (`ops.resize_image`) and equal to
-transformers' PIL backend bit for bit; cropping, rescaling and normalizing are NumPy too. `from_dict` reads a transformers preprocessor_config.json.
+transformers' PIL backend bit for bit; cropping, rescaling and normalizing are NumPy too. `from_dict` reads a transformers preprocessor_config.json;
+`from_pretrained` the one stored with pretrained weights (an .h5 file, a checkpoint folder, a Hub id).
 
-Images may be paths, PIL images or NumPy arrays ((H, W, C) or (C, H, W), uint8 or float, C in 1, 3, 4;
+`processor(images, return_tensors="np")` returns a BatchFeature (a dict with attribute access, as
+transformers'): "np" stacks the images into one (N, 3, H, W) float32 array (the default here),
+"pt" makes it a torch tensor, None leaves a list of (3, H, W) arrays (transformers' default).
+
+Images may be paths, http(s) URLs (fetched with urllib), PIL images or NumPy arrays ((H, W, C) or (C, H, W), uint8 or float, C in 1, 3, 4;
 (H, W) grayscale; a 4-D array is a batch). Everything is converted to RGB first:
   * paths are read as transformers' `load_image` reads them: EXIF orientation applied, then PIL's
     convert("RGB") (alpha dropped, palette expanded, CMYK and 16-bit converted by Pillow);
@@ -23,8 +28,11 @@ Bad images raise ImageError with a one-line message naming the image and what wa
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
+import urllib.error
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,12 +40,20 @@ from typing import Any, ClassVar
 import numpy as np
 
 from . import ops
+from .configuration_utils import image_size_pair
 from .errors import ConfigError, ImageError, ShapeError
+from .formats.transformers_checkpoint import read_pretrained
+from .formats.weights import WeightsFile
 from .registry import ARCHITECTURES
 
 IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
 PIL_BILINEAR = 2  # PIL.Image.Resampling.BILINEAR, the value stored in preprocessor_config.json files
+CONFIG_IMAGE_SIZE = 224          # transformers' MobileNet configs' default image_size
+SHORTEST_EDGE_MARGIN = 32        # published checkpoints resize the shortest edge to the crop + 32 (224 -> 256)
+URL_TIMEOUT_SECONDS = 30.0       # downloading an image given by URL
+MAX_URL_BYTES = 64 << 20         # an image file larger than this is refused before it is decoded
+RETURN_TENSORS = (None, "np", "pt")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -70,42 +86,70 @@ def _safely_loaded(image, name: str):
     return image
 
 
-def open_image(path):
-    """Open an image file with Pillow and read all its pixels; any problem -> ImageError naming the file."""
+def _decode(file, name: str, is_empty):
+    """Image.open(file) with every pixel read; any problem -> ImageError naming `name` (is_empty() tells why)."""
     Image, _ = _pil()
-    path = Path(path)
-    if path.is_dir():
-        raise ImageError(f"{path}: is a folder, expected an image file")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(path)
+            image = Image.open(file)
         except FileNotFoundError:
-            raise ImageError(f"{path}: no such image file") from None
+            raise ImageError(f"{name}: no such image file") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise _bomb_error(str(path), e) from None
+            raise _bomb_error(name, e) from None
         except Image.UnidentifiedImageError:
-            what = "an empty file" if path.stat().st_size == 0 else "not an image Pillow can read"
-            raise ImageError(f"{path}: {what}; expected an image file (PNG, JPEG, BMP, ...)") from None
+            what = "an empty file" if is_empty() else "not an image Pillow can read"
+            raise ImageError(f"{name}: {what}; expected an image file (PNG, JPEG, BMP, ...)") from None
         except (OSError, SyntaxError, ValueError) as e:
-            raise ImageError(f"{path}: cannot be read as an image ({_first_line(e)})") from None
-    return _safely_loaded(image, str(path))
+            raise ImageError(f"{name}: cannot be read as an image ({_first_line(e)})") from None
+    return _safely_loaded(image, name)
+
+
+def open_image(path):
+    """Open an image file with Pillow and read all its pixels; any problem -> ImageError naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, expected an image file")
+    return _decode(path, str(path), lambda: path.stat().st_size == 0)
+
+
+def is_url(image) -> bool:
+    return isinstance(image, str) and image.startswith(("http://", "https://"))
+
+
+def open_url(url: str, timeout: float = URL_TIMEOUT_SECONDS):
+    """Download an image with urllib (standard library) and decode it; any problem -> one-line ImageError naming the URL."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            data = response.read(MAX_URL_BYTES + 1)
+    except urllib.error.HTTPError as e:
+        raise ImageError(f"{url}: cannot be downloaded (HTTP {e.code} {e.reason})") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:  # no network, DNS, timeout, refused, bad URL
+        reason = getattr(e, "reason", None) or e
+        raise ImageError(f"{url}: cannot be downloaded ({_first_line(reason)}); offline? download the image "
+                         "and pass its file path") from None
+    if len(data) > MAX_URL_BYTES:
+        raise ImageError(f"{url}: larger than {MAX_URL_BYTES} bytes, expected an image file")
+    return _decode(io.BytesIO(data), url, lambda: not data)
 
 
 def load_image(image, name: str | None = None):
-    """A path or PIL image as an RGB PIL image, as transformers' `load_image` makes it (pipelines use this).
+    """A path, http(s) URL or PIL image as an RGB PIL image, as transformers' `load_image` makes it (pipelines use this).
 
     EXIF orientation is applied, then PIL's convert("RGB"): alpha is dropped (not composited),
     palettes are expanded, 16-bit values are clipped to 255 by Pillow.
     """
     Image, ImageOps = _pil()
-    if isinstance(image, (str, Path)):
+    if is_url(image):
+        name = image
+        image = open_url(image)
+    elif isinstance(image, (str, Path)):
         name = str(image)
         image = open_image(image)
     elif isinstance(image, Image.Image):
         image = _safely_loaded(image, name or _pil_name(image))
     else:
-        raise ImageError(f"{name or 'image'}: got a {type(image).__name__}, expected a file path or a PIL image")
+        raise ImageError(f"{name or 'image'}: got a {type(image).__name__}, expected a file path or a PIL image, or an http(s) URL")
     return ImageOps.exif_transpose(image).convert("RGB")
 
 
@@ -246,11 +290,37 @@ def normalize(image: np.ndarray, mean, std) -> np.ndarray:
 # the processors
 # --------------------------------------------------------------------------------------------------
 
+class BatchFeature(dict):
+    """transformers' BatchFeature: the processor's outputs by key (`inputs["pixel_values"]`) or by
+    attribute (`inputs.pixel_values`); `model(**inputs)` passes them on as keywords."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"BatchFeature has no {name!r}, it has {sorted(self)}") from None
+
+    def to(self, *args, **kwargs) -> BatchFeature:
+        """torch tensors moved or cast with `tensor.to(*args, **kwargs)` (a device, a dtype); arrays and lists as they are."""
+        return BatchFeature({k: (v.to(*args, **kwargs) if hasattr(v, "to") else v) for k, v in self.items()})
+
+
+def _torch_tensor(array: np.ndarray):
+    """return_tensors="pt": the array as a torch tensor (torch is optional, imported only here)."""
+    try:
+        import torch
+    except ImportError:
+        raise ConfigError('return_tensors="pt" needs torch, which is not installed (pip install torch), '
+                          'or use return_tensors="np"') from None
+    return torch.from_numpy(array)
+
+
 @dataclasses.dataclass
 class MobileNetV1ImageProcessor:
     """transformers' MobileNetV1ImageProcessor (PIL backend): same fields, defaults and pixel values.
 
-    `processor(images)` -> {"pixel_values": (N, 3, crop_height, crop_width) float32}.
+    `processor(images)` -> BatchFeature {"pixel_values": (N, 3, crop_height, crop_width) float32} (`return_tensors`:
+    "np", "pt" or None, see `preprocess`).
     `do_convert_rgb`: None / True convert every image to RGB (module docstring); False accepts only
     3-channel images (transformers' default, None, does not convert and fails on other images).
     """
@@ -292,6 +362,43 @@ class MobileNetV1ImageProcessor:
 
     # -- dicts ----------------------------------------------------------------------------------------
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, revision: str | None = None, **overrides):
+        """The image processor stored with pretrained weights, as transformers' `from_pretrained`.
+
+        `pretrained_model_name_or_path`: a mobilenet-np .h5 file, a transformers checkpoint folder
+        (its preprocessor_config.json) or model.safetensors, or a Hub id in huggingface_hub's cache.
+        `overrides` replace fields, e.g. `do_center_crop=False`.
+        """
+        return cls.from_weights_file(read_pretrained(pretrained_model_name_or_path, revision), **overrides)
+
+    @classmethod
+    def from_weights_file(cls, stored: WeightsFile, **overrides):
+        """The processor of weights read by formats.transformers_checkpoint.read_pretrained: the one stored,
+        else `for_image_size` of the stored config's image_size; then `overrides`."""
+        cls._check_fields(overrides, "from_pretrained")
+        if stored.image_processor:
+            return cls.from_dict({**stored.image_processor, **overrides})
+        default = cls.for_image_size(stored.config.get("image_size", CONFIG_IMAGE_SIZE))
+        return dataclasses.replace(default, **overrides) if overrides else default
+
+    @classmethod
+    def for_image_size(cls, image_size):
+        """The processor of the published checkpoints for a network input of `image_size` (an int or
+        (height, width)): center crop at that size after resizing the shortest edge to 32 pixels more
+        (224 -> 256, 160 -> 192, 513 -> 545)."""
+        height, width = image_size_pair(image_size)
+        return cls(size={"shortest_edge": min(height, width) + SHORTEST_EDGE_MARGIN},
+                   crop_size={"height": height, "width": width})
+
+    @classmethod
+    def _check_fields(cls, options: dict, where: str) -> None:
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in options if k not in names]
+        if unknown:
+            raise ConfigError(f"{cls.__name__}.{where}: unknown option {unknown[0]!r}, expected return_tensors "
+                              f"or one of the fields {names}")
+
+    @classmethod
     def from_dict(cls, processor_dict: dict[str, Any]):
         """From a transformers preprocessor_config.json dict; keys this processor does not use are ignored."""
         if not isinstance(processor_dict, dict):
@@ -321,21 +428,31 @@ class MobileNetV1ImageProcessor:
         return d
 
     # -- processing -----------------------------------------------------------------------------------
-    def __call__(self, images, **overrides) -> dict[str, np.ndarray]:
-        return self.preprocess(images, **overrides)
+    def __call__(self, images, return_tensors: str | None = "np", **overrides) -> BatchFeature:
+        return self.preprocess(images, return_tensors=return_tensors, **overrides)
 
-    def preprocess(self, images, **overrides) -> dict[str, np.ndarray]:
-        """One image or a list of them -> {"pixel_values": (N, 3, H, W) float32}.
+    def preprocess(self, images, return_tensors: str | None = "np", **overrides) -> BatchFeature:
+        """One image or a list of them -> BatchFeature {"pixel_values": ...} (transformers' preprocess).
 
-        `overrides` replace fields for this call only, e.g. `processor(image, do_center_crop=False)`.
+        return_tensors "np": one (N, 3, H, W) float32 array (this library's default); "pt": the same
+        as a torch tensor; None: a list of N (3, H, W) float32 arrays (transformers' default), which
+        may differ in size. `overrides` replace fields for this call only, e.g. `do_center_crop=False`.
         """
+        if return_tensors not in RETURN_TENSORS:
+            raise ConfigError(f"return_tensors must be one of {RETURN_TENSORS}, got {return_tensors!r}")
+        self._check_fields(overrides, "preprocess")
         processor = dataclasses.replace(self, **overrides) if overrides else self
-        batch = [processor.process_one(image, name) for image, name in _flat_images(images)]
+        batch = [processor.process_one(image, name).astype(np.float32) for image, name in _flat_images(images)]
+        if return_tensors is None:
+            return BatchFeature(pixel_values=batch)                                 # N x (3, H, W)
         shapes = {x.shape for x in batch}
         if len(shapes) > 1:
             raise ImageError(f"the images have different sizes after preprocessing {sorted(shapes)}; "
-                             "expected one size (use do_center_crop=True, or one image at a time)")
-        return {"pixel_values": np.stack(batch).astype(np.float32)}                # (N, 3, H, W)
+                             "expected one size (use do_center_crop=True, one image at a time, or return_tensors=None)")
+        pixel_values = np.stack(batch)                                              # (N, 3, H, W)
+        if return_tensors == "pt":
+            pixel_values = _torch_tensor(pixel_values)
+        return BatchFeature(pixel_values=pixel_values)
 
     def process_one(self, image, name: str = "image") -> np.ndarray:
         """One image (path, PIL image or array) -> (3, H, W) pixel values (float32 unless all steps are off)."""

@@ -7,6 +7,9 @@
     segmenter = mobilenet_np.pipeline("image-segmentation", model="deeplabv3_mobilenet_v2_1.0_513.h5")
     segmenter("bird.png")                 # [{"score": None, "label": "bird", "mask": <PIL image, mode L>}, ...]
 
+`model` may be anything `from_pretrained` reads (an .h5 file, a transformers checkpoint folder, a Hub
+id in huggingface_hub's cache) or a loaded model; images may be paths, http(s) URLs, PIL images or arrays.
+
 Each pipeline is: read the image (transformers' `load_image`: EXIF orientation, RGB) -> image
 processor -> network -> post-processing. The image processor is the one stored in the weights file
 (model.metadata["image_processor"], the checkpoint's preprocessor_config.json), else the defaults
@@ -22,10 +25,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from . import ops
-from .configuration_utils import image_size_pair
 from .errors import ConfigError
+from .auto import load_pretrained
 from .image_processing import MobileNetV1ImageProcessor, image_processor_class, load_image
-from .networks import load
 from .outputs import SemanticSegmenterOutput
 from .registry import ARCHITECTURES
 
@@ -36,8 +38,7 @@ def image_processor_for(model) -> MobileNetV1ImageProcessor:
     stored = (getattr(model, "metadata", None) or {}).get("image_processor") or {}
     if stored:
         return cls.from_dict(stored)
-    height, width = image_size_pair(model.config.image_size)
-    return cls(size={"shortest_edge": min(height, width) + 32}, crop_size={"height": height, "width": width})
+    return cls.for_image_size(model.config.image_size)
 
 
 class Pipeline:
@@ -55,8 +56,14 @@ class Pipeline:
         self.model = model
         self.image_processor = image_processor or image_processor_for(model)
 
-    def __call__(self, inputs, **kwargs):
-        """One image -> its result; a list of images -> a list of results (as transformers)."""
+    def __call__(self, inputs=None, images=None, **kwargs):
+        """One image -> its result; a list of images -> a list of results (as transformers).
+
+        The images are `inputs` or, as transformers also accepts, `images=`.
+        """
+        if (inputs is None) == (images is None):
+            raise ConfigError(f"{self.task} pipeline: give the images once, as the first argument or as images=")
+        inputs = images if inputs is None else inputs
         if isinstance(inputs, (list, tuple)):
             return [self.run_one(image, **kwargs) for image in inputs]
         return self.run_one(inputs, **kwargs)
@@ -120,8 +127,12 @@ class ImageSegmentationPipeline(Pipeline):
         outputs = SemanticSegmenterOutput(logits=logits)
         return self.image_processor.post_process_semantic_segmentation(outputs, [(image.height, image.width)])[0]
 
-    def run_one(self, image) -> list[dict[str, Any]]:
+    def run_one(self, image, subtask: str | None = None) -> list[dict[str, Any]]:
+        """`subtask`: None or "semantic" (transformers' names; the only kind these models compute)."""
         from PIL import Image
+        if subtask not in (None, "semantic"):
+            raise ConfigError(f"image-segmentation: subtask {subtask!r} is not supported, expected 'semantic' or None "
+                              "(DeepLabV3 segments semantically)")
         class_map = self.class_map(image)
         return [{"score": None, "label": self.id2label[int(c)],
                  "mask": Image.fromarray(np.where(class_map == c, 255, 0).astype(np.uint8))}  # mode "L"
@@ -137,11 +148,12 @@ TASKS: dict[str, type[Pipeline]] = {
 def pipeline(task: str, model, image_processor: MobileNetV1ImageProcessor | None = None) -> Pipeline:
     """A pipeline for `task` ("image-classification" or "image-segmentation").
 
-    `model`: a weights file path or a loaded mobilenet_np model. `image_processor`: overrides the
-    processor stored with the weights.
+    `model`: a loaded mobilenet_np model, or what `from_pretrained` reads: a weights file, a
+    transformers checkpoint folder, a Hub id in huggingface_hub's cache. `image_processor`: overrides
+    the processor stored with the weights.
     """
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}, expected one of {sorted(TASKS)}")
     if isinstance(model, (str, Path)):
-        model = load(model)
+        model = load_pretrained(model)
     return TASKS[task](model, image_processor)

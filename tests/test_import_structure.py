@@ -19,11 +19,12 @@ PACKAGES = ("mobilenet_np", "weights_tools")
 # room -> rank: the ground at 0, the command line at the top.
 RANKS = {
     "mobilenet_np.errors": 0, "mobilenet_np.registry": 0, "mobilenet_np.tables": 0,
-    "mobilenet_np.fileio": 1, "mobilenet_np.configuration_utils": 1, "mobilenet_np.ops": 1, "mobilenet_np.hub": 1,
+    "mobilenet_np.fileio": 1, "mobilenet_np.ops": 1, "mobilenet_np.hub": 1,
     "mobilenet_np.layers": 2, "mobilenet_np.outputs": 2,
     "mobilenet_np.fast": 3, "mobilenet_np.formats": 3, "mobilenet_np.quantized": 3, "mobilenet_np.training": 3,
+    "mobilenet_np.configuration_utils": 3,   # from_pretrained reads the formats
     "mobilenet_np.networks": 4, "mobilenet_np.image_processing": 4, "mobilenet_np.summary": 4,
-    "mobilenet_np.pipelines": 5, "mobilenet_np.commandline": 5,
+    "mobilenet_np.auto": 5, "mobilenet_np.pipelines": 5, "mobilenet_np.commandline": 5,
     "mobilenet_np.evaluation": 6,
     "mobilenet_np": 7, "mobilenet_np.__main__": 9,
     "weights_tools": 8,

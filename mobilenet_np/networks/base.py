@@ -9,13 +9,15 @@ or its readable `forward` when asked (`fast=False`, `model.reference = True`, or
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
 from ..errors import ConfigError, ShapeError, WeightsError
 from ..fast import EngineSettings, PlanCache
-from ..formats.weights import WeightsFile, read_weights, save_weights
+from ..formats.transformers_checkpoint import read_pretrained
+from ..formats.weights import WeightsFile, save_weights
 from .. import ops
 from ..layers import ConvLayer, Dropout, Graph, Recorder, classifier_shapes, classify, no_record
 from ..training import graph as training_graph
@@ -121,18 +123,25 @@ class PreTrainedModel:
     reference: bool = False  # True: every call takes the readable path (as fast=False does)
     training: bool = False   # set by train() / eval(), as in PyTorch
 
-    def __call__(self, pixel_values, labels=None, output_hidden_states: bool = False,
+    def __call__(self, pixel_values, output_hidden_states: bool = False, labels=None, return_dict: bool = True, *,
                  record: Recorder | None = None, fast: bool | None = None):
         """Run the network on (N, num_channels, H, W) pixel values (float32 or float64).
 
+        The arguments of transformers' forward, in its order: with `labels`, the output's `loss` is
+        transformers' loss of this head (see `loss_from`); `return_dict=False` gives the tuple of non-None
+        fields (transformers' `to_tuple`). A torch tensor in (`processor(..., return_tensors="pt")`) gives
+        torch tensors out, computed here in NumPy.
         `record(name, tensor)`, when given, receives every intermediate tensor under its transformers
-        module path. Returns the transformers output object of this architecture, with `loss` when
-        `labels` are given (transformers' loss of this head, see `loss_from`).
-        In eval mode (the default), without `record`, the fast engine (mobilenet_np/fast/: the same
-        layers, BatchNorm folded, channels-last) computes it, unless `fast=False` or `self.reference`
+        module path. In eval mode (the default), without `record`, the fast engine (mobilenet_np/fast/: the
+        same layers, BatchNorm folded, channels-last) computes it, unless `fast=False` or `self.reference`
         asks for `forward`, the readable path. In train mode (`train()`), the training path runs the
         network's graph with batch statistics and dropout (mobilenet_np/training/graph.py).
         """
+        torch = _torch_module_of(pixel_values)
+        if torch is not None:
+            pixel_values = pixel_values.detach().cpu().numpy()
+        if _torch_module_of(labels) is not None:
+            labels = labels.detach().cpu().numpy()
         pixel_values = self._checked_input(pixel_values, labels)
         if self.training:
             result, _ = training_graph.forward(self.graph(), self.params, pixel_values, self.mode,
@@ -147,7 +156,9 @@ class PreTrainedModel:
             outputs = self.forward(pixel_values, output_hidden_states, record)
         if labels is not None:
             outputs.loss, _ = self.loss_from(outputs, labels)
-        return outputs
+        if torch is not None:
+            outputs = _as_torch(outputs, torch)
+        return outputs if return_dict else outputs.to_tuple()
 
     def _checked_input(self, pixel_values, labels) -> np.ndarray:
         pixel_values = check_pixel_values(pixel_values, self.config.num_channels)
@@ -271,9 +282,16 @@ class PreTrainedModel:
         self.params.update(loaded)
 
     @classmethod
-    def from_pretrained(cls, path, **kwargs):
-        """Load a mobilenet-np HDF5 weights file (see docs/weights_format.md)."""
-        return cls.from_weights_file(read_weights(path), **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, revision: str | None = None):
+        """This architecture with pretrained weights, as transformers' `from_pretrained`.
+
+        `pretrained_model_name_or_path`: a mobilenet-np HDF5 weights file (docs/weights_format.md), a
+        transformers checkpoint folder (config.json + model.safetensors, or pytorch_model.bin read
+        with torch.load(weights_only=True)), its model.safetensors, or a Hugging Face Hub id found in
+        (or, online, downloaded into) huggingface_hub's cache; `revision`: the Hub branch, tag or commit.
+        The labels, image processor and provenance come along (`model.metadata`).
+        """
+        return cls.from_weights_file(read_pretrained(pretrained_model_name_or_path, revision))
 
     @classmethod
     def from_weights_file(cls, weights: WeightsFile):
@@ -299,9 +317,15 @@ class PreTrainedModel:
         return model
 
     def save_pretrained(self, path, overwrite: bool = False, **metadata) -> None:
-        """Write the weights, the config and `metadata` (image_processor, provenance) to an HDF5 file."""
+        """Write the weights, the config (labels included) and the image processor and provenance to an HDF5 file.
+
+        The image processor and provenance are those the model was loaded with (`model.metadata`),
+        unless `metadata` gives them (`image_processor=processor.to_dict()`, `provenance={...}`).
+        """
+        loaded = getattr(self, "metadata", None) or {}
+        kept = {k: loaded[k] for k in ("image_processor", "provenance") if loaded.get(k)}
         save_weights(path, self.state_dict(), type(self).__name__, self.config.to_dict(),
-                     overwrite=overwrite, **metadata)
+                     overwrite=overwrite, **{**kept, **metadata})
 
     def astype(self, dtype):
         """The model with every float weight cast to `dtype` (e.g. np.float64 for a golden reference)."""
@@ -309,6 +333,21 @@ class PreTrainedModel:
         model = type(self)(self.config, seed=None)
         model.params.update(cast)
         return model
+
+
+def _torch_module_of(value):
+    """The torch module when `value` is a torch tensor, else None (torch is never imported for this)."""
+    torch = sys.modules.get("torch")
+    return torch if torch is not None and isinstance(value, torch.Tensor) else None
+
+
+def _as_torch(outputs: ModelOutput, torch) -> ModelOutput:
+    """The same output object with every array (and every hidden state) as a torch tensor."""
+    def convert(value):
+        if isinstance(value, tuple):
+            return tuple(convert(v) for v in value)
+        return torch.from_numpy(np.require(value, requirements="W")) if isinstance(value, np.ndarray) else value
+    return dataclasses.replace(outputs, **{k: convert(getattr(outputs, k)) for k in outputs.keys()})
 
 
 def _adapt_prefix(tensors, base_prefix, own_prefix, expected) -> dict:
