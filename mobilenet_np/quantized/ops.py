@@ -232,7 +232,8 @@ def _conv_arguments(op, x, weight, bias, x_params, w_params, y_params, stride, p
     x_params = _params(x_params, op, "x_params", x.shape)
     w_params = _params(w_params, op, "w_params", weight.shape, allow_per_channel=True)
     if w_params.per_channel and w_params.axis != 0:
-        raise ShapeError(f"{op}: per-channel w_params must run along axis 0 (output channels), got axis {w_params.axis}")
+        raise ShapeError(f"{op}: per-channel w_params must run along axis 0 (output channels), "
+                         f"got axis {w_params.axis}")
     bias = _bias(bias, op, c_out)
     (oh, ow), pads, stride, dilation = conv_geometry(op, (h, w), (kh, kw), stride, padding, dilation)
     # y_params' shape is the output's; checked for being per-tensor.
@@ -410,11 +411,13 @@ def _fc_arguments(op, x, weight, bias, x_params, w_params, y_params, activation)
     x = _codes(x, op, "x", ndim=2)
     weight = _codes(weight, op, "weight", ndim=2)
     if weight.dtype != x.dtype or weight.shape[1] != x.shape[1]:
-        raise ShapeError(f"{op}: weight must be (out, {x.shape[1]}) of dtype {x.dtype}, got {weight.dtype} {weight.shape}")
+        raise ShapeError(f"{op}: weight must be (out, {x.shape[1]}) of dtype {x.dtype}, "
+                         f"got {weight.dtype} {weight.shape}")
     x_params = _params(x_params, op, "x_params", x.shape)
     w_params = _params(w_params, op, "w_params", weight.shape, allow_per_channel=x.dtype == np.int8)
     if w_params.per_channel and w_params.axis != 0:
-        raise ShapeError(f"{op}: per-channel w_params must run along axis 0 (output features), got axis {w_params.axis}")
+        raise ShapeError(f"{op}: per-channel w_params must run along axis 0 (output features), "
+                         f"got axis {w_params.axis}")
     y_params = _params(y_params, op, "y_params", (x.shape[0], weight.shape[0]))
     c_out = weight.shape[0]
     zw = np.full(c_out, int(w_params.zero_point[0]) if x.dtype == np.uint8 else 0, np.int64)
