@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 pytest.importorskip("ai_edge_litert")
 
@@ -281,7 +281,10 @@ def conv_model(x, weight, bias, x_params, w_params, y_params, options, dm, out_s
 @given(data=st.data())
 def test_conv_matches_interpreter_and_naive(depthwise, data):
     x, weight, bias, x_params, w_params, y_params, options, dm = draw_conv_case(data, depthwise)
-    fast, naive = (qops.depthwise_conv2d, qops.depthwise_conv2d_naive) if depthwise else (qops.conv2d, qops.conv2d_naive)
+    if depthwise:
+        fast, naive = qops.depthwise_conv2d, qops.depthwise_conv2d_naive
+    else:
+        fast, naive = qops.conv2d, qops.conv2d_naive
     ours = fast(x, weight, bias, x_params, w_params, y_params, **options)
     zw = 0 if x.dtype == np.int8 else int(w_params.zero_point[0])
     assert qops.accumulator_bound(weight, zw, x.dtype, int(x_params.zero_point[0]), bias) < 2 ** 53
@@ -508,9 +511,8 @@ def test_requantize_matches_interpreter_and_naive(data):
     x = draw_codes(data, (3, 17), in_dtype)
     x_params = draw_params(data, in_dtype, label="x")
     if in_dtype != out_dtype and data.draw(st.booleans(), label="xor case"):
-        shift = 128 if in_dtype == np.uint8 else -128
-        zx = int(np.clip(x_params.zero_point[0], -128 + 128 * (in_dtype == np.uint8), 127 + 128 * (in_dtype == np.uint8)))
-        y_params = QuantParams(x_params.scale, zx - shift)
+        shift = 128 if in_dtype == np.uint8 else -128      # z_y = z_x -+ 128 is always in the output's range
+        y_params = QuantParams(x_params.scale, int(x_params.zero_point[0]) - shift)
     else:
         y_params = draw_params(data, out_dtype, label="y")
     ours = qops.requantize(x, x_params, y_params, out_dtype)
@@ -553,7 +555,8 @@ def test_pad_matches_interpreter_and_naive(data):
     y_params = QuantParams(x_params.scale, data.draw(st.integers(*fp.dtype_range(dtype)), label="y zero point"))
     ours = qops.pad(x, paddings, y_params)
     nhwc_paddings = paddings[[0, 2, 3, 1]].astype(np.int32)
-    model = single_op_model("PAD", [tensor(nhwc(x).shape, dtype, x_params), Tensor((4, 2), np.int32, data=nhwc_paddings)],
+    model = single_op_model("PAD", [tensor(nhwc(x).shape, dtype, x_params),
+                                    Tensor((4, 2), np.int32, data=nhwc_paddings)],
                             [tensor(nhwc(ours).shape, dtype, y_params)])
     (theirs,) = run_model(model, nhwc(x))
     assert np.array_equal(ours, nchw(theirs))

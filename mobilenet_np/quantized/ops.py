@@ -11,10 +11,11 @@ Codes are uint8 or int8 arrays; every op returns the dtype of its input (or the 
 Quantization parameters are passed explicitly as `QuantParams`: x_params, w_params, y_params, ...
 A code q stands for the real value scale * (q - zero_point).
 
-Integer arithmetic is exact: codes are cast to int64 before any zero point is subtracted (NumPy would
-wrap uint8 - 128), and convolutions accumulate as float64 matrix products, which are exact while every
-partial sum stays below 2^53. `accumulator_bound` proves that for the given weights; when it fails the
-ops fall back to int64 products.
+Integer arithmetic is exact: codes are cast to a wide type (int64, or a float that holds them exactly)
+before any zero point is subtracted (NumPy would wrap uint8 - 128), and convolutions accumulate as float matrix products, which are exact while every
+partial sum of products stays below 2^24 (float32: 3x3 depthwise, small 1x1 convs) or 2^53 (float64).
+`accumulator_bound` proves that for the given weights and picks the type; beyond 2^53 the ops fall back
+to int64 products. The bias is added afterwards in int64, then MBQM runs in cache-sized blocks.
 
 Each op has a `_naive` twin written as loops over output elements in plain Python ints, following the
 C++ reference kernel (out-of-image taps are skipped with an explicit test, not padded). The tests
@@ -23,6 +24,8 @@ check fast == naive and both == the LiteRT interpreter (BUILTIN_REF), with no to
 Fused activations: "none", "relu", "relu6", "relu_n1_to_1" (see fixedpoint.activation_range).
 Padding of convs and pools: "same" (TensorFlow's: out = ceil(in / stride), the odd pixel after),
 "valid", or explicit: an int, an (h, w) pair, or (top, bottom, left, right).
+conv2d / depthwise_conv2d take `rounding=` ("double", the reference, by default); the other values
+("single", "ruy_upward", "float") are a teaching switch showing other builds' rounding, NOT the reference.
 """
 
 from __future__ import annotations
@@ -151,7 +154,8 @@ def accumulator_bound(weight, weight_zero_point, x_dtype, x_zero_point, bias=Non
         bound = max over output channels o of  sum_k |w[o, k] - z_w[o]| * max|x - z_x|  +  |bias[o]|
 
     where k runs over all weight entries of channel o (axis 0 of `weight`) and max|x - z_x| over all
-    codes of x's dtype. float64 matrix products are exact when bound < 2^53. Pass weight_zero_point=0
+    codes of x's dtype. Float matrix products are exact when bound < 2^24 (float32) or 2^53 (float64), the
+    bias excluded when it is added afterwards in int64 (as the ops do). Pass weight_zero_point=0
     for int8 per-channel weights (their zero point is ignored by the kernels).
     """
     weight = np.asarray(weight).astype(np.int32)     # codes and zero points fit; sums are taken in int64
@@ -232,7 +236,8 @@ def _conv_arguments(op, x, weight, bias, x_params, w_params, y_params, stride, p
     x_params = _params(x_params, op, "x_params", x.shape)
     w_params = _params(w_params, op, "w_params", weight.shape, allow_per_channel=True)
     if w_params.per_channel and w_params.axis != 0:
-        raise ShapeError(f"{op}: per-channel w_params must run along axis 0 (output channels), got axis {w_params.axis}")
+        raise ShapeError(f"{op}: per-channel w_params must run along axis 0 (output channels), "
+                         f"got axis {w_params.axis}")
     bias = _bias(bias, op, c_out)
     (oh, ow), pads, stride, dilation = conv_geometry(op, (h, w), (kh, kw), stride, padding, dilation)
     # y_params' shape is the output's; checked for being per-tensor.
@@ -244,7 +249,7 @@ def _conv_arguments(op, x, weight, bias, x_params, w_params, y_params, stride, p
 
 
 def _centered_input(x, x_zero_point, pads, dtype):
-    """x - z_x in `dtype` (float64 or int64), padded with zeros: out-of-image taps contribute nothing
+    """x - z_x in `dtype` (float32, float64 or int64), padded with zeros: out-of-image taps contribute nothing
     (the same as padding the raw codes with z_x, or as the reference's skip of those taps)."""
     xz = x.astype(dtype)
     xz -= x_zero_point
@@ -274,7 +279,7 @@ def conv2d(x, weight, bias, x_params, w_params, y_params, stride=1, padding="val
            double(s_x) * double(s_w[o]) / double(s_y).
     `rounding` != "double" is a teaching switch, NOT the reference (see multiply_by_quantized_multiplier).
 
-    Computed as im2col + one float64 GEMM (a 1x1 conv is a single matmul), exact below 2^53.
+    Computed as im2col + one float32/float64 GEMM (a 1x1 conv is a single matmul), exact (accumulator_bound).
     """
     (x, weight, bias, x_params, zw, y_params, (oh, ow), pads, (sh, sw), (dh, dw), multiplier, exponent,
      act) = _conv_arguments("conv2d", x, weight, bias, x_params, w_params, y_params, stride, padding, dilation,
@@ -339,7 +344,8 @@ def depthwise_conv2d(x, weight, bias, x_params, w_params, y_params, stride=1, pa
         out = clamp(MBQM(acc, M[o], e[o]) + z_y, act_min, act_max)
 
     Multipliers and zero points as in `conv2d` (uint8 per-tensor with z_w; int8 per-channel, z_w ignored).
-    Computed as a loop over the KH*KW taps, each a broadcast multiply-add over the whole image (float64, exact).
+    Computed per block of channels as a loop over the KH*KW taps, each a broadcast multiply-add over the whole
+    image (float32 when exact, which it is for 3x3 taps of 8-bit codes).
     """
     (x, weight, bias, x_params, zw, y_params, (oh, ow), pads, (sh, sw), (dh, dw), multiplier, exponent,
      act) = _conv_arguments("depthwise_conv2d", x, weight, bias, x_params, w_params, y_params, stride, padding,
@@ -410,11 +416,13 @@ def _fc_arguments(op, x, weight, bias, x_params, w_params, y_params, activation)
     x = _codes(x, op, "x", ndim=2)
     weight = _codes(weight, op, "weight", ndim=2)
     if weight.dtype != x.dtype or weight.shape[1] != x.shape[1]:
-        raise ShapeError(f"{op}: weight must be (out, {x.shape[1]}) of dtype {x.dtype}, got {weight.dtype} {weight.shape}")
+        raise ShapeError(f"{op}: weight must be (out, {x.shape[1]}) of dtype {x.dtype}, "
+                         f"got {weight.dtype} {weight.shape}")
     x_params = _params(x_params, op, "x_params", x.shape)
     w_params = _params(w_params, op, "w_params", weight.shape, allow_per_channel=x.dtype == np.int8)
     if w_params.per_channel and w_params.axis != 0:
-        raise ShapeError(f"{op}: per-channel w_params must run along axis 0 (output features), got axis {w_params.axis}")
+        raise ShapeError(f"{op}: per-channel w_params must run along axis 0 (output features), "
+                         f"got axis {w_params.axis}")
     y_params = _params(y_params, op, "y_params", (x.shape[0], weight.shape[0]))
     c_out = weight.shape[0]
     zw = np.full(c_out, int(w_params.zero_point[0]) if x.dtype == np.uint8 else 0, np.int64)
