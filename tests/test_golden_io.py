@@ -401,3 +401,35 @@ def test_the_c_reader_refuses_a_damaged_file(flat_reader, goldens, tmp_path):
         (tmp_path / name).write_bytes(content)
         result = subprocess.run([str(flat_reader), str(tmp_path / name)], capture_output=True, text=True, timeout=60)
         assert result.returncode == 1 and result.stderr.startswith("flat_read: ")
+
+
+# --------------------------------------------------------------------------------------------------
+# integer tensors: compared in LSB, or dequantized against float ones
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("file_format", ["h5", "npz", "safetensors", "bin"])
+def test_integer_tensors_are_compared_in_lsb_and_dequantized_against_floats(file_format, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-128, 128, (1, 4, 5, 5)).astype(np.int8)
+    off_by_one = codes.copy()
+    off_by_one[0, 2, 3, 1] += 1 if off_by_one[0, 2, 3, 1] < 127 else -1
+    scale, zero_point = [0.02, 0.05, 0.1, 0.2], [-3, 0, 5, -128]
+    quantization = {"conv": {"scale": scale, "zero_point": zero_point, "axis": 1}}
+    attrs = {"producer": "test", "quantization": quantization}
+    ours = golden.save_golden(tmp_path / f"ours.{file_format}", {"conv": codes}, attrs)
+    port = golden.save_golden(tmp_path / f"port.{file_format}", {"conv": off_by_one}, attrs)
+    real = (np.array(scale)[None, :, None, None] * (codes.astype(np.float64) - np.array(zero_point)[None, :, None, None]))
+    floats = golden.save_golden(tmp_path / f"float.{file_format}", {"conv": real.astype(np.float32)}, {"producer": "f"})
+
+    exact = golden.compare_goldens(golden.read_golden(ours), golden.read_golden(port))
+    row = exact.rows[0]
+    assert (row.unit, row.max_abs_error, row.num_out_of_tolerance, row.status) == ("LSB", 1.0, 1, "out_of_tolerance")
+    assert golden.compare_goldens(golden.read_golden(ours), golden.read_golden(port), lsb=1).passed
+    assert golden.compare_goldens(golden.read_golden(floats), golden.read_golden(ours), rtol=1e-6, atol=1e-6).passed   # float32 rounding
+    shifted = golden.compare_goldens(golden.read_golden(floats), golden.read_golden(port), rtol=1e-6, atol=1e-6)
+    assert shifted.rows[0].num_out_of_tolerance == 1 and shifted.rows[0].unit == ""     # one scale step off
+    assert np_main(["compare", str(ours), str(port)]) == 1
+    assert "1 LSB" in capsys.readouterr().out
+    assert np_main(["compare", str(ours), str(port), "--lsb", "1", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["lsb"] == 1 and document["tensors"][0]["unit"] == "LSB"

@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     parser.add_argument("candidate", metavar="CANDIDATE", help="the golden file to check")
     parser.add_argument("--rtol", type=float, default=golden.DEFAULT_RTOL,
                         help=f"relative tolerance (default {golden.DEFAULT_RTOL:g})")
+    parser.add_argument("--lsb", type=int, default=0, metavar="N",
+                        help="integer tensors (an integer-only network's codes): allow |difference| <= N code steps "
+                             "(default 0: bit-exact)")
     parser.add_argument("--atol", type=float, default=golden.DEFAULT_ATOL,
                         help=f"absolute tolerance (default {golden.DEFAULT_ATOL:g})")
     parser.add_argument("--only-common", action="store_true",
@@ -47,7 +50,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with golden.open_golden(args.reference) as reference, golden.open_golden(args.candidate) as candidate:
-        comparison = golden.compare_goldens(reference, candidate, rtol=args.rtol, atol=args.atol,
+        comparison = golden.compare_goldens(reference, candidate, rtol=args.rtol, atol=args.atol, lsb=args.lsb,
                                             only_common=args.only_common, layout=args.layout)
     if args.json:
         print_json(golden.comparison_to_json(comparison))

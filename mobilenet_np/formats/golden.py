@@ -51,7 +51,7 @@ FORMAT_NAME = "mobilenet-np-golden"
 FORMAT_VERSION = 1
 INPUT_NAME = "pixel_values"            # the input: always recorded, always first
 TENSORS_GROUP, INDEX_ATTRIBUTE = golden_io.TENSORS_GROUP, golden_io.INDEX_ATTRIBUTE   # the HDF5 layout
-JSON_ATTRIBUTES = ("config", "input", "library_versions")  # root attributes holding a JSON document
+JSON_ATTRIBUTES = ("config", "input", "library_versions", "quantization")  # root attributes holding JSON
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 

@@ -59,6 +59,7 @@ class TensorComparison:
     out_of_tolerance_fraction: float | None = None
     cosine_similarity: float | None = None
     hint: str | None = None
+    unit: str = ""                   # "LSB" when both tensors are integer codes: errors count code steps
 
     @property
     def is_problem(self) -> bool:
@@ -175,6 +176,7 @@ class Comparison:
     layout: str = "nchw"
     warnings: list[str] = field(default_factory=list)
     not_compared: dict[str, list[str]] = field(default_factory=dict)
+    lsb: int = 0
 
     @property
     def first_divergence(self) -> TensorComparison | None:
@@ -206,14 +208,44 @@ class Comparison:
 LAYOUTS = ("nchw", "nhwc")
 
 
+def quantization_of(golden: Golden, name: str) -> dict[str, Any] | None:
+    """The scale and zero point a golden file stores for integer tensor `name` (its "quantization"
+    attribute: {name: {"scale": [...], "zero_point": [...], "axis": k or null}}), or None."""
+    table = golden.attrs.get("quantization") or {}
+    return table.get(name) if isinstance(table, dict) else None
+
+
+def dequantized(codes: np.ndarray, quantization: dict[str, Any]) -> np.ndarray:
+    """real = scale * (code - zero_point), per tensor or per channel along `axis`, in float64."""
+    scale = np.asarray(quantization["scale"], np.float64)
+    zero_point = np.asarray(quantization["zero_point"], np.float64)
+    axis = quantization.get("axis")
+    if axis is not None and scale.size > 1:
+        shape = [1] * codes.ndim
+        shape[axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    return scale * (codes.astype(np.float64) - zero_point)
+
+
+def _integer(array: np.ndarray) -> bool:
+    return array.dtype.kind in "iu"
+
+
 def compare_goldens(reference: Golden, candidate: Golden, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
-                    only_common: bool = False, layout: str = "nchw") -> Comparison:
+                    only_common: bool = False, layout: str = "nchw", lsb: int = 0) -> Comparison:
     """Compare every tensor of `candidate` with the tensor of the same name in `reference`.
+
+    Integer tensors on both sides (the codes of an integer-only network) are compared in LSB: an element
+    is out of tolerance when |cand - ref| > lsb code steps (0 by default: bit-exact expected). An integer
+    tensor against a float one is dequantized first with the scale and zero point its file stores, then
+    compared with rtol and atol.
 
     Either may be in memory (Golden) or an open file (GoldenFile): the tensors are read one pair at a
     time. only_common: compare the names both have, list the others in `not_compared`. layout "nhwc":
     the candidate's tensors of rank >= 3 are channels-last and are transposed to NCHW to be compared.
     """
+    if isinstance(lsb, bool) or not isinstance(lsb, int) or lsb < 0:
+        raise GoldenError(f"the LSB tolerance must be an int >= 0, got {lsb!r}")
     if not (rtol >= 0 and atol >= 0):
         raise GoldenError(f"tolerances must be >= 0, got rtol={rtol}, atol={atol}")
     if layout not in LAYOUTS:
@@ -236,9 +268,19 @@ def compare_goldens(reference: Golden, candidate: Golden, rtol: float = DEFAULT_
         cand = candidate.read(name)
         if layout == "nhwc" and cand.ndim >= 3:
             cand = np.moveaxis(cand, -1, 1)                 # (N, H, W, C) -> (N, C, H, W), a view
-        metrics = compare_tensors(reference.read(name), cand, rtol, atol)
+        ref = reference.read(name)
+        unit = ""
+        if _integer(ref) and _integer(cand):
+            metrics, unit = compare_tensors(ref, cand, 0.0, float(lsb)), "LSB"      # exact in float64 below 2^53
+        else:
+            for side, golden in (("reference", reference), ("candidate", candidate)):
+                array = ref if side == "reference" else cand
+                if _integer(array) and quantization_of(golden, name) is not None:
+                    array = dequantized(array, quantization_of(golden, name))
+                    ref, cand = (array, cand) if side == "reference" else (ref, array)
+            metrics = compare_tensors(ref, cand, rtol, atol)
         status = OK if metrics["num_out_of_tolerance"] == 0 else OUT_OF_TOLERANCE
-        rows.append(TensorComparison(len(rows), name, status, ref_shape, cand_shape, **metrics))
+        rows.append(TensorComparison(len(rows), name, status, ref_shape, cand_shape, unit=unit, **metrics))
     only_in_candidate = [name for name in candidate.names if name not in reference_names]
     if not only_common:
         rows += [TensorComparison(len(rows) + i, name, MISSING_IN_REFERENCE, None, tuple(candidate.shape(name)))
@@ -246,7 +288,7 @@ def compare_goldens(reference: Golden, candidate: Golden, rtol: float = DEFAULT_
     not_compared = {"only_in_reference": [n for n in reference.names if n not in candidate_names],
                     "only_in_candidate": only_in_candidate} if only_common else {}
     return Comparison(reference, candidate, rtol, atol, rows, only_common, layout,
-                      provenance_warnings(reference.attrs, candidate.attrs), not_compared)
+                      provenance_warnings(reference.attrs, candidate.attrs), not_compared, lsb)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,6 +327,7 @@ def comparison_to_json(comparison: Comparison) -> dict[str, Any]:
             "out_of_tolerance_fraction": row.out_of_tolerance_fraction,
             "cosine_similarity": _finite_or_none(row.cosine_similarity),
             "hint": row.hint,
+            "unit": row.unit or None,
         })
     return {
         "format": COMPARE_JSON_FORMAT,
@@ -293,6 +336,7 @@ def comparison_to_json(comparison: Comparison) -> dict[str, Any]:
         "candidate": _file_summary(comparison.candidate),
         "rtol": comparison.rtol,
         "atol": comparison.atol,
+        "lsb": comparison.lsb,
         "passed": comparison.passed,
         "first_divergence": first.name if first else None,
         "num_tensors": len(comparison.rows),
@@ -324,7 +368,8 @@ def format_table(comparison: Comparison) -> str:
         out = "-" if row.num_out_of_tolerance is None else \
             f"{row.num_out_of_tolerance} ({100 * row.out_of_tolerance_fraction:.3g}%)"
         rows.append((">>" if row is first else "", str(row.index), row.name, shape_text,
-                     _number(row.max_abs_error, ".2e"), _number(row.max_rel_error, ".2e"), out,
+                     _number(row.max_abs_error, ".0f") + " LSB" if row.unit else _number(row.max_abs_error, ".2e"),
+                     _number(row.max_rel_error, ".2e"), out,
                      _number(row.cosine_similarity, ".8f"), status))
     return tables.format_table(header, rows, align="lrllrrrrl", rule=False)
 
@@ -335,7 +380,9 @@ def summary_lines(comparison: Comparison) -> Iterable[str]:
     yield f"reference: {ref.label} ({ref.attrs.get('producer', '?')}, {ref.attrs.get('dtype', '?')})"
     yield f"candidate: {cand.label} ({cand.attrs.get('producer', '?')}, {cand.attrs.get('dtype', '?')})"
     yield f"tolerance: |candidate - reference| <= {comparison.atol:g} + {comparison.rtol:g} * |reference|" + \
-        (" (candidate transposed from NHWC)" if comparison.layout == "nhwc" else "")
+        (" (candidate transposed from NHWC)" if comparison.layout == "nhwc" else "") + \
+        (f"; integer codes: |candidate - reference| <= {comparison.lsb} LSB"
+         if any(row.unit for row in comparison.rows) else "")
     for side, names in (comparison.not_compared or {}).items():
         if names:
             yield (f"not compared (--only-common): {len(names)} tensors {side.replace('_', ' ')} "
