@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from .checks import float_dtype, numeric_array, pair
 from .errors import ShapeError
 
 __all__ = [
@@ -36,35 +37,8 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------------
-# helpers shared by the ops
+# helpers shared by the ops (the argument checks are in mobilenet_np/checks.py)
 # --------------------------------------------------------------------------------------------------
-
-def _pair(value, op: str, name: str) -> tuple[int, int]:
-    """An int or an (h, w) pair as a pair of Python ints."""
-    if isinstance(value, (int, np.integer)):
-        return int(value), int(value)
-    try:
-        h, w = value
-        return int(h), int(w)
-    except (TypeError, ValueError):
-        raise ShapeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}") from None
-
-
-def _float_dtype(*arrays) -> np.dtype:
-    """float64 if any input is float64, else float32 (ints and float16 are computed in float32)."""
-    if any(a is not None and a.dtype == np.float64 for a in arrays):
-        return np.dtype(np.float64)
-    return np.dtype(np.float32)
-
-
-def _as_array(x, op: str, name: str, ndim: int | None = None) -> np.ndarray:
-    x = np.asarray(x)
-    if x.dtype.kind not in "fiub":
-        raise ShapeError(f"{op}: {name} must be a numeric array, got dtype {x.dtype}")
-    if ndim is not None and x.ndim != ndim:
-        raise ShapeError(f"{op}: {name} must have {ndim} dimensions, got shape {x.shape}")
-    return x
-
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding_total: int = 0, dilation: int = 1) -> int:
     """Output length of a convolution along one axis (PyTorch and TensorFlow agree on it).
@@ -101,8 +75,8 @@ def tf_same_padding_amounts(in_size: int, kernel: int, stride: int, dilation: in
 
 
 def _pad_arguments(x, kernel_size, stride, dilation, op):
-    x = _as_array(x, op, "x", ndim=4)
-    (kh, kw), (sh, sw), (dh, dw) = (_pair(v, op, n) for v, n in
+    x = numeric_array(x, op, "x", ndim=4)
+    (kh, kw), (sh, sw), (dh, dw) = (pair(v, op, n) for v, n in
                                     ((kernel_size, "kernel_size"), (stride, "stride"), (dilation, "dilation")))
     if min(kh, kw) < 1 or min(sh, sw) < 1 or min(dh, dw) < 1:
         raise ShapeError(f"{op}: kernel_size, stride and dilation must be positive, "
@@ -143,8 +117,8 @@ def pad_tf_same_naive(x, kernel_size, stride, dilation=1) -> np.ndarray:
 
 def _conv_arguments(x, weight, bias, stride, padding, dilation, groups, op):
     """Validate conv2d's arguments; return them normalised, with x already zero-padded."""
-    x = _as_array(x, op, "x", ndim=4)
-    weight = _as_array(weight, op, "weight", ndim=4)
+    x = numeric_array(x, op, "x", ndim=4)
+    weight = numeric_array(weight, op, "weight", ndim=4)
     n, c_in, h, w = x.shape
     c_out, c_per_group, kh, kw = weight.shape
     groups = int(groups)
@@ -155,11 +129,11 @@ def _conv_arguments(x, weight, bias, stride, padding, dilation, groups, op):
         raise ShapeError(f"{op}: channel mismatch: x {x.shape} has {c_in} channels but weight {weight.shape} "
                          f"expects {c_per_group} x groups={groups} = {c_per_group * groups}")
     if bias is not None:
-        bias = _as_array(bias, op, "bias", ndim=1)
+        bias = numeric_array(bias, op, "bias", ndim=1)
         if bias.shape[0] != c_out:
             raise ShapeError(f"{op}: bias {bias.shape} must have out_channels={c_out} entries (weight {weight.shape})")
-    sh, sw = _pair(stride, op, "stride")
-    dh, dw = _pair(dilation, op, "dilation")
+    sh, sw = pair(stride, op, "stride")
+    dh, dw = pair(dilation, op, "dilation")
     if min(sh, sw) < 1 or min(dh, dw) < 1:
         raise ShapeError(f"{op}: stride and dilation must be positive, got stride={stride}, dilation={dilation}")
 
@@ -175,7 +149,7 @@ def _conv_arguments(x, weight, bias, stride, padding, dilation, groups, op):
         else:
             raise ShapeError(f"{op}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
     else:
-        ph, pw = _pair(padding, op, "padding")
+        ph, pw = pair(padding, op, "padding")
         if min(ph, pw) < 0:
             raise ShapeError(f"{op}: padding must be non-negative, got {padding!r}")
         pads = (ph, ph, pw, pw)
@@ -185,7 +159,7 @@ def _conv_arguments(x, weight, bias, stride, padding, dilation, groups, op):
     if h_out < 1 or w_out < 1:
         raise ShapeError(f"{op}: output would be empty: x {x.shape}, weight {weight.shape}, stride={stride}, "
                          f"padding={padding!r}, dilation={dilation} give {h_out}x{w_out}")
-    dtype = _float_dtype(x, weight, bias)
+    dtype = float_dtype(x, weight, bias)
     x = x.astype(dtype, copy=False)
     if any(pads):
         x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
@@ -305,15 +279,15 @@ def conv2d_naive(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
 # --------------------------------------------------------------------------------------------------
 
 def _batch_norm_arguments(x, running_mean, running_var, weight, bias, op):
-    x = _as_array(x, op, "x", ndim=4)
+    x = numeric_array(x, op, "x", ndim=4)
     c = x.shape[1]
     arrays = {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias}
     for name, value in arrays.items():
-        value = _as_array(value, op, name, ndim=1)
+        value = numeric_array(value, op, name, ndim=1)
         if value.shape[0] != c:
             raise ShapeError(f"{op}: {name} has shape {value.shape} but x {x.shape} has {c} channels")
         arrays[name] = value
-    dtype = _float_dtype(x, *arrays.values())
+    dtype = float_dtype(x, *arrays.values())
     return x.astype(dtype, copy=False), {k: v.astype(dtype, copy=False) for k, v in arrays.items()}
 
 
@@ -344,8 +318,8 @@ def batch_norm_naive(x, running_mean, running_var, weight, bias, eps) -> np.ndar
 
 def _elementwise_input(x, op: str) -> np.ndarray:
     """x as an array of the module's float dtype (float64 stays float64, anything else becomes float32)."""
-    x = _as_array(x, op, "x")
-    return x.astype(_float_dtype(x), copy=False)
+    x = numeric_array(x, op, "x")
+    return x.astype(float_dtype(x), copy=False)
 
 
 def relu(x) -> np.ndarray:
@@ -388,15 +362,15 @@ def global_avg_pool2d(x) -> np.ndarray:
 
     Shapes: (N, C, H, W) -> (N, C, 1, 1).
     """
-    x = _as_array(x, "global_avg_pool2d", "x", ndim=4)
-    return x.astype(_float_dtype(x), copy=False).mean(axis=(2, 3), keepdims=True)
+    x = numeric_array(x, "global_avg_pool2d", "x", ndim=4)
+    return x.astype(float_dtype(x), copy=False).mean(axis=(2, 3), keepdims=True)
 
 
 def global_avg_pool2d_naive(x) -> np.ndarray:
     """Loop version of `global_avg_pool2d`: add up each channel's pixels, divide by their count."""
-    x = _as_array(x, "global_avg_pool2d_naive", "x", ndim=4)
+    x = numeric_array(x, "global_avg_pool2d_naive", "x", ndim=4)
     n, c, h, w = x.shape
-    out = np.zeros((n, c, 1, 1), dtype=_float_dtype(x))
+    out = np.zeros((n, c, 1, 1), dtype=float_dtype(x))
     for b in range(n):
         for ch in range(c):
             total = 0.0
@@ -408,15 +382,15 @@ def global_avg_pool2d_naive(x) -> np.ndarray:
 
 
 def _linear_arguments(x, weight, bias, op):
-    x = _as_array(x, op, "x", ndim=2)
-    weight = _as_array(weight, op, "weight", ndim=2)
+    x = numeric_array(x, op, "x", ndim=2)
+    weight = numeric_array(weight, op, "weight", ndim=2)
     if x.shape[1] != weight.shape[1]:
         raise ShapeError(f"{op}: x {x.shape} has {x.shape[1]} features but weight {weight.shape} expects {weight.shape[1]}")
     if bias is not None:
-        bias = _as_array(bias, op, "bias", ndim=1)
+        bias = numeric_array(bias, op, "bias", ndim=1)
         if bias.shape[0] != weight.shape[0]:
             raise ShapeError(f"{op}: bias {bias.shape} must have {weight.shape[0]} entries (weight {weight.shape})")
-    dtype = _float_dtype(x, weight, bias)
+    dtype = float_dtype(x, weight, bias)
     return x.astype(dtype, copy=False), weight.astype(dtype, copy=False), \
         (None if bias is None else bias.astype(dtype, copy=False))
 
@@ -449,15 +423,15 @@ def linear_naive(x, weight, bias=None) -> np.ndarray:
 def softmax(x, axis=-1) -> np.ndarray:
     """exp(x) / sum(exp(x)) along `axis`, computed stably (the maximum is subtracted first). Shape kept."""
     x = np.asarray(x)
-    x = x.astype(_float_dtype(x), copy=False)
+    x = x.astype(float_dtype(x), copy=False)
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
 
 
 def softmax_naive(x) -> np.ndarray:
     """Loop version of `softmax` over the last axis of a 2-D array (N, K)."""
-    x = _as_array(x, "softmax_naive", "x", ndim=2)
-    out = np.empty(x.shape, dtype=_float_dtype(x))
+    x = numeric_array(x, "softmax_naive", "x", ndim=2)
+    out = np.empty(x.shape, dtype=float_dtype(x))
     for b in range(x.shape[0]):
         largest = max(x[b])
         exps = [math.exp(float(v - largest)) for v in x[b]]
@@ -486,13 +460,13 @@ def _source_coordinates(out_size: int, in_size: int, align_corners: bool, dtype)
 
 
 def _interpolation_arguments(x, size, op):
-    x = _as_array(x, op, "x", ndim=4)
-    out_h, out_w = _pair(size, op, "size")
+    x = numeric_array(x, op, "x", ndim=4)
+    out_h, out_w = pair(size, op, "size")
     if out_h < 1 or out_w < 1:
         raise ShapeError(f"{op}: size must be positive, got {size!r} for x {x.shape}")
     if x.shape[2] < 1 or x.shape[3] < 1:
         raise ShapeError(f"{op}: x {x.shape} has no pixels to interpolate")
-    return x.astype(_float_dtype(x), copy=False), out_h, out_w
+    return x.astype(float_dtype(x), copy=False), out_h, out_w
 
 
 def _bilinear_taps(out_size, in_size, align_corners, dtype):
@@ -654,7 +628,7 @@ def resize_image(image, size, resample: int = 2) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise ShapeError(f"resize_image: image must be a (H, W) or (H, W, C) uint8 array, got {image.dtype} {image.shape}")
-    out_h, out_w = _pair(size, "resize_image", "size")
+    out_h, out_w = pair(size, "resize_image", "size")
     if min(out_h, out_w) < 1 or 0 in image.shape:
         raise ShapeError(f"resize_image: cannot resize an image of shape {image.shape} to {size!r}")
     if resample not in RESAMPLE_FILTERS and resample != NEAREST:
@@ -680,7 +654,7 @@ def _pass_order(in_h: int, in_w: int, out_h: int, out_w: int) -> list[tuple[int,
 def resize_image_naive(image, size, resample: int = 2) -> np.ndarray:
     """Loop version of `resize_image`: every output value is a weighted sum over its input window."""
     image = np.asarray(image)
-    out_h, out_w = _pair(size, "resize_image_naive", "size")
+    out_h, out_w = pair(size, "resize_image_naive", "size")
     if resample == NEAREST:
         rows, cols = nearest_indices(image.shape[0], out_h), nearest_indices(image.shape[1], out_w)
         out = np.empty((out_h, out_w) + image.shape[2:], dtype=image.dtype)

@@ -18,7 +18,7 @@ PACKAGES = ("mobilenet_np", "weights_tools")
 
 # room -> rank: the ground at 0, the command line at the top.
 RANKS = {
-    "mobilenet_np.errors": 0, "mobilenet_np.registry": 0, "mobilenet_np.tables": 0,
+    "mobilenet_np.errors": 0, "mobilenet_np.registry": 0, "mobilenet_np.tables": 0, "mobilenet_np.checks": 0,
     "mobilenet_np.fileio": 1, "mobilenet_np.ops": 1, "mobilenet_np.hub": 1,
     "mobilenet_np.layers": 2, "mobilenet_np.outputs": 2,
     "mobilenet_np.fast": 3, "mobilenet_np.formats": 3, "mobilenet_np.quantized": 3, "mobilenet_np.training": 3,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import ops
+from ..checks import float_dtype, numeric_array, pair
 from ..errors import ConfigError, ShapeError
 
 __all__ = [
@@ -53,36 +54,10 @@ __all__ = [
 # helpers
 # --------------------------------------------------------------------------------------------------
 
-def _pair(value, op: str, name: str) -> tuple[int, int]:
-    """An int or an (h, w) pair as a pair of Python ints."""
-    if isinstance(value, (int, np.integer)):
-        return int(value), int(value)
-    try:
-        h, w = value
-        return int(h), int(w)
-    except (TypeError, ValueError):
-        raise ShapeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}") from None
-
-
-def _float_dtype(*arrays) -> np.dtype:
-    """float64 if any input is float64, else float32 (the dtype rule of mobilenet_np.ops)."""
-    if any(a is not None and a.dtype == np.float64 for a in arrays):
-        return np.dtype(np.float64)
-    return np.dtype(np.float32)
-
-
-def _array(x, op: str, name: str, ndim: int | None = None) -> np.ndarray:
-    x = np.asarray(x)
-    if x.dtype.kind not in "fiub":
-        raise ShapeError(f"{op}: {name} must be a numeric array, got dtype {x.dtype}")
-    if ndim is not None and x.ndim != ndim:
-        raise ShapeError(f"{op}: {name} must have {ndim} dimensions, got shape {x.shape}")
-    return x
-
 
 def _upstream(dout, shape, dtype, op: str) -> np.ndarray:
     """dout as an array of the forward output's shape, in the forward's dtype."""
-    dout = _array(dout, op, "dout")
+    dout = numeric_array(dout, op, "dout")
     if dout.shape != tuple(shape):
         raise ShapeError(f"{op}: dout has shape {dout.shape} but the forward output has shape {tuple(shape)}")
     return dout.astype(dtype, copy=False)
@@ -125,8 +100,8 @@ def _conv_arguments(x, weight, bias, stride, padding, dilation, op, kind):
     kind: "general" (weight (C_out, C_in, kH, kW)), "depthwise" (weight (C, 1, kH, kW)) or
     "pointwise" (weight (C_out, C_in, 1, 1)).
     """
-    x = _array(x, op, "x", ndim=4)
-    weight = _array(weight, op, "weight", ndim=4)
+    x = numeric_array(x, op, "x", ndim=4)
+    weight = numeric_array(weight, op, "weight", ndim=4)
     n, c_in, h, w = x.shape
     c_out, c_w, kh, kw = weight.shape
     if kind == "depthwise":
@@ -140,11 +115,11 @@ def _conv_arguments(x, weight, bias, stride, padding, dilation, op, kind):
     if min(kh, kw) < 1:
         raise ShapeError(f"{op}: weight {weight.shape} has an empty kernel")
     if bias is not None:
-        bias = _array(bias, op, "bias", ndim=1)
+        bias = numeric_array(bias, op, "bias", ndim=1)
         if bias.shape[0] != c_out:
             raise ShapeError(f"{op}: bias {bias.shape} must have out_channels={c_out} entries (weight {weight.shape})")
-    sh, sw = _pair(stride, op, "stride")
-    dh, dw = _pair(dilation, op, "dilation")
+    sh, sw = pair(stride, op, "stride")
+    dh, dw = pair(dilation, op, "dilation")
     if min(sh, sw) < 1 or min(dh, dw) < 1:
         raise ShapeError(f"{op}: stride and dilation must be positive, got stride={stride}, dilation={dilation}")
     if isinstance(padding, str):
@@ -155,7 +130,7 @@ def _conv_arguments(x, weight, bias, stride, padding, dilation, op, kind):
         else:
             raise ShapeError(f"{op}: padding must be an int, a pair, 'valid' or 'tf_same', got {padding!r}")
     else:
-        ph, pw = _pair(padding, op, "padding")
+        ph, pw = pair(padding, op, "padding")
         if min(ph, pw) < 0:
             raise ShapeError(f"{op}: padding must be non-negative, got {padding!r}")
         pads = (ph, ph, pw, pw)
@@ -165,7 +140,7 @@ def _conv_arguments(x, weight, bias, stride, padding, dilation, op, kind):
     if h_out < 1 or w_out < 1:
         raise ShapeError(f"{op}: output would be empty: x {x.shape}, weight {weight.shape}, stride={stride}, "
                          f"padding={padding!r}, dilation={dilation} give {h_out}x{w_out}")
-    dtype = _float_dtype(x, weight, bias)
+    dtype = float_dtype(x, weight, bias)
     geometry = ConvGeometry((sh, sw), (dh, dw), pads, (h, w), (h_out, w_out))
     return (x.astype(dtype, copy=False), weight.astype(dtype, copy=False),
             None if bias is None else bias.astype(dtype, copy=False), geometry)
@@ -380,14 +355,14 @@ def pointwise_conv2d_backward_naive(dout, cache):
 # --------------------------------------------------------------------------------------------------
 
 def _affine_arguments(x, arrays: dict, op):
-    x = _array(x, op, "x", ndim=4)
+    x = numeric_array(x, op, "x", ndim=4)
     c = x.shape[1]
     for name, value in arrays.items():
-        value = _array(value, op, name, ndim=1)
+        value = numeric_array(value, op, name, ndim=1)
         if value.shape[0] != c:
             raise ShapeError(f"{op}: {name} has shape {value.shape} but x {x.shape} has {c} channels")
         arrays[name] = value
-    dtype = _float_dtype(x, *arrays.values())
+    dtype = float_dtype(x, *arrays.values())
     return x.astype(dtype, copy=False), {k: v.astype(dtype, copy=False) for k, v in arrays.items()}
 
 
@@ -500,14 +475,14 @@ def batch_norm_update_running(running_mean, running_var, batch_mean, batch_var_u
     op = "batch_norm_update_running"
     arrays = {"running_mean": running_mean, "running_var": running_var, "batch_mean": batch_mean,
               "batch_var_unbiased": batch_var_unbiased}
-    arrays = {k: _array(v, op, k, ndim=1) for k, v in arrays.items()}
+    arrays = {k: numeric_array(v, op, k, ndim=1) for k, v in arrays.items()}
     shapes = {v.shape for v in arrays.values()}
     if len(shapes) != 1:
         raise ShapeError(f"{op}: all statistics must have the same (C,) shape, got "
                          + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.floating)) or not 0.0 <= momentum <= 1.0:
         raise ConfigError(f"{op}: momentum must be a number in [0, 1] (weight of the new batch), got {momentum!r}")
-    dtype = _float_dtype(*arrays.values())
+    dtype = float_dtype(*arrays.values())
     m = dtype.type(momentum)
     a = {k: v.astype(dtype, copy=False) for k, v in arrays.items()}
     new_mean = (1 - m) * a["running_mean"] + m * a["batch_mean"]
@@ -584,14 +559,14 @@ def relu_forward(x):
 def relu_backward(dout, cache):
     """dx = dout where x > 0, else 0 (0 at the kink x == 0; NaN passes, as in PyTorch)."""
     x = cache["x"]
-    dout = _upstream(dout, x.shape, _float_dtype(x, np.asarray(dout)), "relu_backward")
+    dout = _upstream(dout, x.shape, float_dtype(x, np.asarray(dout)), "relu_backward")
     return np.where(x <= 0, dout.dtype.type(0), dout)
 
 
 def relu_backward_naive(dout, cache):
     """Loop version of `relu_backward`."""
     x = cache["x"]
-    dout = _upstream(dout, x.shape, _float_dtype(x, np.asarray(dout)), "relu_backward_naive")
+    dout = _upstream(dout, x.shape, float_dtype(x, np.asarray(dout)), "relu_backward_naive")
     dx = np.zeros_like(dout)
     for k in np.ndindex(x.shape):
         if not x[k] <= 0:
@@ -608,14 +583,14 @@ def relu6_forward(x):
 def relu6_backward(dout, cache):
     """dx = dout where 0 < x < 6 (open interval: 0 at x == 0 and x == 6, as PyTorch's hardtanh), else 0."""
     x = cache["x"]
-    dout = _upstream(dout, x.shape, _float_dtype(x, np.asarray(dout)), "relu6_backward")
+    dout = _upstream(dout, x.shape, float_dtype(x, np.asarray(dout)), "relu6_backward")
     return np.where((x <= 0) | (x >= 6), dout.dtype.type(0), dout)
 
 
 def relu6_backward_naive(dout, cache):
     """Loop version of `relu6_backward`."""
     x = cache["x"]
-    dout = _upstream(dout, x.shape, _float_dtype(x, np.asarray(dout)), "relu6_backward_naive")
+    dout = _upstream(dout, x.shape, float_dtype(x, np.asarray(dout)), "relu6_backward_naive")
     dx = np.zeros_like(dout)
     for k in np.ndindex(x.shape):
         if not (x[k] <= 0 or x[k] >= 6):
@@ -702,8 +677,8 @@ def linear_backward_naive(dout, cache):
 # Dropout2d (channel dropout, DeepLab's head) draws one keep per (n, c): whole channels vanish.
 
 def _dropout_forward(x, p, training, rng, op, per_channel):
-    x = _array(x, op, "x", ndim=4 if per_channel else None)
-    x = x.astype(_float_dtype(x), copy=False)
+    x = numeric_array(x, op, "x", ndim=4 if per_channel else None)
+    x = x.astype(float_dtype(x), copy=False)
     if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) or not 0.0 <= p <= 1.0:
         raise ConfigError(f"{op}: p (drop probability) must be a number in [0, 1], got {p!r}")
     if not training or p == 0:
@@ -858,14 +833,14 @@ def concat_channels_forward(arrays):
     """torch.cat(arrays, dim=1) (DeepLab's ASPP branches): (N, C_k, H, W) each -> (N, sum C_k, H, W).
     cache: channels (the C_k), dtype."""
     op = "concat_channels_forward"
-    arrays = [_array(a, op, f"arrays[{k}]", ndim=4) for k, a in enumerate(arrays)]
+    arrays = [numeric_array(a, op, f"arrays[{k}]", ndim=4) for k, a in enumerate(arrays)]
     if not arrays:
         raise ShapeError(f"{op}: arrays must hold at least one array")
     first = arrays[0].shape
     for k, a in enumerate(arrays):
         if (a.shape[0],) + a.shape[2:] != (first[0],) + first[2:]:
             raise ShapeError(f"{op}: arrays[{k}] has shape {a.shape}, arrays[0] has {first}: N, H, W must match")
-    dtype = _float_dtype(*arrays)
+    dtype = float_dtype(*arrays)
     out = np.concatenate([a.astype(dtype, copy=False) for a in arrays], axis=1)
     return out, {"channels": [a.shape[1] for a in arrays], "dtype": dtype}
 
@@ -897,10 +872,10 @@ def concat_channels_backward_naive(dout, cache):
 
 def add_forward(a, b):
     """Residual connection: out = a + b (same shapes). cache: shape, dtype."""
-    a, b = _array(a, "add_forward", "a"), _array(b, "add_forward", "b")
+    a, b = numeric_array(a, "add_forward", "a"), numeric_array(b, "add_forward", "b")
     if a.shape != b.shape:
         raise ShapeError(f"add_forward: a {a.shape} and b {b.shape} must have the same shape")
-    dtype = _float_dtype(a, b)
+    dtype = float_dtype(a, b)
     out = a.astype(dtype, copy=False) + b.astype(dtype, copy=False)
     return out, {"shape": a.shape, "dtype": dtype}
 
