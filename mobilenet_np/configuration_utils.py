@@ -113,6 +113,8 @@ class PretrainedConfig:
         d["id2label"] = {str(i): name for i, name in self.id2label.items()}
         d["label2id"] = dict(self.label2id)
         d["model_type"] = self.model_type
+        if d["problem_type"] is None:      # as transformers' config.json: written once a loss has set it
+            del d["problem_type"]
         return d
 
     def to_json_string(self) -> str:
