@@ -42,7 +42,7 @@ import numpy as np
 
 from ..errors import WeightsError
 from ..fileio import atomic_output, open_hdf5
-from ..registry import ARCHITECTURES
+from ..registry import ARCHITECTURES, NUMERICS
 
 FORMAT_NAME = "mobilenet-np-weights"
 FORMAT_VERSION = 1                  # what float files are written as
@@ -50,7 +50,6 @@ QUANTIZED_FORMAT_VERSION = 2        # integer files (and the newest version this
 READABLE_VERSIONS = (1, 2)
 TENSORS_GROUP = "tensors"
 QUANTIZATION_GROUP = "quantization"
-NUMERICS = ("float", "integer")
 QUANTIZED_DTYPES = ("uint8", "int8", "int32", "int64")
 
 
