@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..pipelines import ImageClassificationPipeline, ranked_classes
+from ..pipelines import ImageClassificationPipeline, architecture_name, ranked_classes
 from ..commandline import add_model_arguments, add_output_arguments, image_paths, print_json, progress
 from ..tables import format_table
 from .common import load_model
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         results = [classify(classifier, path, args.top_k) for path in items]
     if args.json:
         print_json({"command": "classify", "weights": weights, "model": args.model,
-                    "architecture": type(classifier.model).__name__, "top_k": args.top_k, "results": results})
+                    "architecture": architecture_name(classifier.model), "top_k": args.top_k, "results": results})
         return 0
     for n, result in enumerate(results):
         rows = [(p["rank"], p["class_id"], p["score"], p["label"]) for p in result["predictions"]]
