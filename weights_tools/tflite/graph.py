@@ -84,11 +84,16 @@ class Graph:
             op = self.producer(tensor)
         return tensor
 
-    def constant(self, tensor: int) -> np.ndarray:
-        """A constant tensor's real values as float32 (dequantized; through a DEQUANTIZE op if there is one)."""
+    def constant(self, tensor: int, op: "Op | None" = None) -> np.ndarray:
+        """A constant tensor's real values as float32 (dequantized; through a DEQUANTIZE op if there is one).
+        `op`: the op reading it, named in errors."""
         t = self.tensors[self.origin(tensor)]
+        where = f"op {op.index} ({op.kind}): " if op is not None else ""
         if t.data is None:
-            raise ConversionError(f"{self.path}: tensor {t.index} ({t.name}) should be a constant but has no data")
+            raise ConversionError(f"{self.path}: {where}tensor {t.index} ({t.name!r}) should be a constant but has no data")
+        if t.scale is not None and t.scale.size > 1 and (t.axis >= t.data.ndim or t.data.shape[t.axis] != t.scale.size):
+            raise ConversionError(f"{self.path}: {where}tensor {t.index} ({t.name!r}) has {t.scale.size} per-channel "
+                                  f"scales along quantized_dimension {t.axis} of shape {t.data.shape}")
         return dequantize(t.data, t.scale, t.zero_point, t.axis)
 
 

@@ -73,8 +73,8 @@ WEIGHT_AXES = {"CONV_2D": {0: 0}, "DEPTHWISE_CONV_2D": {3: 0}, "FULLY_CONNECTED"
 
 
 def conv_from_op(graph: Graph, op: Op) -> Conv:
-    weight = to_pytorch_layout(op.kind, graph.constant(op.inputs[1]))
-    bias = graph.constant(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+    weight = to_pytorch_layout(op.kind, graph.constant(op.inputs[1], op))
+    bias = graph.constant(op.inputs[2], op) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
     return Conv(op, weight, bias, _activation(graph, op))
 
 
