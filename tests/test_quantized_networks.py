@@ -200,6 +200,11 @@ def test_outputs_of_a_classifier_and_of_deeplab(models, reference, shared_data):
     # integer input of the input's dtype is used as it is; anything else is refused
     codes = nhwc_codes(model, pixel_values).transpose(0, 3, 1, 2)
     assert np.array_equal(model(codes).quantized_logits, out.quantized_logits)
+    model.threads = 2                      # convs split by output channels over two threads: the same codes
+    try:
+        assert np.array_equal(model(codes).quantized_probabilities, out.quantized_probabilities)
+    finally:
+        model.threads = 1
     with pytest.raises(ShapeError, match="uint8 codes"):
         model(codes.astype(np.int16))
     with pytest.raises(ShapeError, match=r"\(N, 3, H, W\)"):
