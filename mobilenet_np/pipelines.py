@@ -15,6 +15,12 @@ processor -> network -> post-processing. The image processor is the one stored i
 (model.metadata["image_processor"], the checkpoint's preprocessor_config.json), else the defaults
 of the architecture with the crop at config.image_size and the shortest edge 32 pixels longer (the
 rule every published MobileNet / DeepLab checkpoint follows: 224 -> 256, 192 -> 224, 513 -> 545).
+
+Integer networks (an `import-tflite --quantized` file, mobilenet_np/quantized/network.py) run in the
+same pipelines. Their class scores are the graph's own SOFTMAX output dequantized (`probabilities`:
+multiples of 1/256, exactly what the TFLite file outputs) when the default softmax is asked for, else
+computed from the dequantized logits; segmentation post-processes the dequantized logits as for a
+float model (the graph's own label map at the network's input size is `outputs.labels`).
 """
 
 from __future__ import annotations
@@ -29,12 +35,18 @@ from .errors import ConfigError
 from .auto import load_pretrained
 from .image_processing import MobileNetV1ImageProcessor, image_processor_class, load_image
 from .outputs import SemanticSegmenterOutput
+from .quantized.network import QuantizedModel
 from .registry import ARCHITECTURES
+
+
+def architecture_name(model) -> str:
+    """The registry architecture of a model: its class name, or the float architecture an integer network runs."""
+    return model.architecture if isinstance(model, QuantizedModel) else type(model).__name__
 
 
 def image_processor_for(model) -> MobileNetV1ImageProcessor:
     """The image processor of a model: the stored preprocessor config, else defaults from model.config."""
-    cls = image_processor_class(type(model).__name__)
+    cls = image_processor_class(architecture_name(model))
     stored = (getattr(model, "metadata", None) or {}).get("image_processor") or {}
     if stored:
         return cls.from_dict(stored)
@@ -48,11 +60,11 @@ class Pipeline:
     architecture_task: ClassVar[str] = ""   # the registry task of the models it runs
 
     def __init__(self, model, image_processor: MobileNetV1ImageProcessor | None = None):
-        architecture = ARCHITECTURES.get(type(model).__name__)
+        architecture = ARCHITECTURES.get(architecture_name(model))
         if architecture is None or architecture.task != self.architecture_task:
             source = (getattr(model, "metadata", None) or {}).get("path", "model")
             runs = " or ".join(a.name for a in ARCHITECTURES.values() if a.task == self.architecture_task)
-            raise ConfigError(f"{source}: task {self.task!r} needs a {runs} model, got a {type(model).__name__}")
+            raise ConfigError(f"{source}: task {self.task!r} needs a {runs} model, got a {architecture_name(model)}")
         self.model = model
         self.image_processor = image_processor or image_processor_for(model)
 
@@ -87,8 +99,11 @@ class ImageClassificationPipeline(Pipeline):
         if not isinstance(image, np.ndarray):  # arrays go to the processor as they are, as in transformers
             image = load_image(image)
         pixel_values = self.image_processor(image)["pixel_values"]           # (1, 3, H, W)
-        logits = self.model(pixel_values).logits[0]                           # (num_labels,)
+        outputs = self.model(pixel_values)
+        logits = outputs.logits[0]                                            # (num_labels,)
         function = function_to_apply or ("sigmoid" if len(logits) == 1 else "softmax")
+        if function == "softmax" and getattr(outputs, "probabilities", None) is not None:
+            return outputs.probabilities[0]                                   # an integer network's own SOFTMAX
         if function == "softmax":
             return ops.softmax(logits)
         if function == "sigmoid":

@@ -36,6 +36,12 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
 ]}
 FAMILIES = ("mobilenet_v1", "mobilenet_v2")
 
+# What a weights file's tensors are, and so which path runs it: "float" (the transformers state_dict:
+# the readable path, the fast engine, training) or "integer" (a quantized TFLite network: uint8 / int8
+# weights, int32 biases, every tensor's scale and zero point; TFLite's reference integer kernels,
+# mobilenet_np/quantized/network.py). Both run the same architecture's layer descriptions.
+NUMERICS = ("float", "integer")
+
 
 def architecture(name: str) -> Architecture:
     """The entry of `name`; KeyError (with the known names) for anything else."""

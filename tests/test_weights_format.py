@@ -21,6 +21,7 @@ import pytest
 import mobilenet_np
 from mobilenet_np.errors import OutputExistsError, WeightsError
 from mobilenet_np.formats.weights import FORMAT_NAME, FORMAT_VERSION, TENSORS_GROUP, read_weights
+from weights_tools.import_tflite import import_tflite
 
 from torch_reference import ARCHITECTURES
 
@@ -178,7 +179,8 @@ BROKEN_FILES = {
                                          r"missing 20 tensors \(segmentation_head.*unexpected 2 tensors \(classifier"),
     "unknown architecture": (_attribute("architecture", "ResNetForImageClassification"),
                              r"root attribute 'architecture' is 'ResNetForImageClassification'"),
-    "unknown format version": (_attribute("format_version", 2), r"format_version 2 is not supported"),
+    "unknown format version": (_attribute("format_version", 3), r"format_version 3 is not supported"),
+    "version 2 without numerics": (_attribute("format_version", 2), r"root attribute .numerics. is None"),
     "no format version": (_attribute("format_version", None), r"format_version None is not supported"),
     "format version as text": (_attribute("format_version", "1"), r"format_version '1' is not supported"),
     "another format": (_attribute("format", "keras"), r"root attribute 'format' is 'keras'"),
@@ -332,8 +334,23 @@ def test_the_c_reader_in_the_documentation(tmp_path):
         lines = run.stdout.splitlines()
         assert lines[0] == "architecture: MobileNetV2ForSemanticSegmentation"
         assert mobilenet_np.MobileNetV2Config.from_dict(json.loads(lines[1][len("config: "):])) == model.config
-        assert lines[2] == f"{key} shape: " + " ".join(map(str, model.params[key].shape))
-        values = np.array([float(v) for v in lines[3:]], np.float32)
-        assert np.array_equal(values, model.params[key].astype(np.float32).ravel())
+        assert lines[2] == "numerics: float"
+        assert lines[3] == f"{key} shape: " + " ".join(map(str, model.params[key].shape))
+        values = np.array([float(v) for v in lines[4:]], np.float64)
+        assert np.array_equal(values.astype(np.float32), model.params[key].astype(np.float32).ravel())
     run = subprocess.run([str(tmp_path / "read_weights"), str(path), "no.such.tensor"], capture_output=True, text=True)
     assert run.returncode == 1
+    # an integer network (format version 2): codes, and the per-channel scales and zero points
+    fixture = Path(__file__).resolve().parent / "fixtures" / "tflite" / "keras_mobilenet_v1_0.25_96_int8_int8io.tflite"
+    path = import_tflite(fixture, tmp_path / "integer.h5", quantized=True)
+    weights = read_weights(path)
+    key = "mobilenet_v1.conv_stem.convolution.weight"
+    run = subprocess.run([str(tmp_path / "read_weights"), str(path), key], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    q, codes = weights.quantization[key], weights.tensors[key]
+    assert lines[2] == "numerics: integer" and lines[3] == "quantization: axis 0"
+    assert [line.split() for line in lines[4: 4 + q.scale.size]] == [[f"{float(s):.9g}", str(z)]
+                                                                      for s, z in zip(q.scale, q.zero_point)]
+    assert lines[4 + q.scale.size] == f"{key} shape: " + " ".join(map(str, codes.shape))
+    assert np.array_equal(np.array([float(v) for v in lines[5 + q.scale.size:]]), codes.ravel())

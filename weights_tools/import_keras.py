@@ -2,9 +2,13 @@
 
     python -m weights_tools import-keras mobilenet_v1_0.25_224.h5 out.h5 --labels imagenet_labels.txt
 
-A Keras HDF5 file (Keras 2 `model.save` or `save_weights`) stores one group per layer; the root (or
+A Keras 2 HDF5 file (`model.save` or `save_weights`) stores one group per layer; the root (or
 `model_weights/` for a whole saved model) lists them in the attribute `layer_names`, and each layer
-group lists its tensors in `weight_names`, e.g. `conv_dw_1/depthwise_kernel:0`. Layouts:
+group lists its tensors in `weight_names`, e.g. `conv_dw_1/depthwise_kernel:0`. A Keras 3
+`.weights.h5` file (`model.save_weights`) has `layers/<class name>[_N]/vars/0, 1, ...` instead, the
+layer's own name in the `name` attribute of `vars`, and the variables in the layer's order:
+Conv2D / Dense (kernel, bias), DepthwiseConv2D (depthwise_kernel, bias), BatchNormalization (gamma,
+beta, moving_mean, moving_variance). Both read into the same {layer: {weight: array}}. Layouts:
 
     Keras                                         transformers (PyTorch)
     Conv2D kernel          (kH, kW, C_in, C_out)  -> convolution.weight (C_out, C_in, kH, kW)
@@ -33,7 +37,10 @@ includes all the released sizes (128, 160, 192, 224). See docs/importers.md.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+
+import h5py
 
 import numpy as np
 
@@ -72,9 +79,11 @@ def read_keras_h5(path) -> tuple[dict[str, dict[str, np.ndarray]], dict | None]:
         with f:
             model_config = json.loads(_text(f.attrs["model_config"])) if "model_config" in f.attrs else None
             root = f["model_weights"] if "model_weights" in f else f
+            if "layer_names" not in root.attrs and isinstance(f.get("layers"), h5py.Group):
+                return _read_keras3_layers(f["layers"], path), model_config
             if "layer_names" not in root.attrs:
-                raise ConversionError(f"{path}: not a Keras HDF5 weights file (no 'layer_names' attribute; "
-                                      "Keras 3 .weights.h5 files are not supported, save with Keras 2 or as .h5)")
+                raise ConversionError(f"{path}: not a Keras HDF5 weights file (no 'layer_names' attribute of a "
+                                      "Keras 2 file, no 'layers' group of a Keras 3 .weights.h5 file)")
             layers = {}
             for layer in (_text(n) for n in root.attrs["layer_names"]):
                 names = [_text(n) for n in root[layer].attrs.get("weight_names", [])]
@@ -85,6 +94,38 @@ def read_keras_h5(path) -> tuple[dict[str, dict[str, np.ndarray]], dict | None]:
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:  # truncated or damaged
         raise ConversionError(f"{path}: damaged Keras HDF5 file ({str(e).splitlines()[0][:100] or type(e).__name__})") from None
     return layers, model_config
+
+
+# The variables of a Keras 3 layer, in the order `layers/<layer>/vars/0, 1, ...` stores them, by the
+# layer class (the group name is the class in snake case, with "_N" for the second and later ones).
+KERAS3_VARIABLES = {"depthwise_conv2d": ("depthwise_kernel", "bias"), "conv2d": ("kernel", "bias"),
+                    "dense": ("kernel", "bias"),
+                    "batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance")}
+
+
+def _read_keras3_layers(layers_group, path) -> dict[str, dict[str, np.ndarray]]:
+    """{layer name: {weight name: array}} of a Keras 3 .weights.h5 file's `layers` group."""
+    import h5py
+
+    layers = {}
+    for key, group in layers_group.items():
+        variables = group.get("vars") if isinstance(group, h5py.Group) else None
+        if not isinstance(variables, h5py.Group) or not len(variables):
+            continue                                          # no weights (activation, padding, pooling)
+        kind = re.sub(r"_\d+$", "", key)
+        if kind not in KERAS3_VARIABLES:
+            raise ConversionError(f"{path}: Keras 3 layer group layers/{key} ({kind}) has weights, but MobileNet "
+                                  f"has only {', '.join(KERAS3_VARIABLES)} layers with weights")
+        names = KERAS3_VARIABLES[kind]
+        count = len(variables)
+        if count > len(names) or any(str(i) not in variables for i in range(count)):
+            raise ConversionError(f"{path}: Keras 3 layer group layers/{key}/vars holds {sorted(variables)}, expected "
+                                  f"0..{len(names) - 1} ({', '.join(names)})")
+        name = _text(variables.attrs.get("name", key))
+        layers[name] = {names[i]: np.asarray(variables[str(i)][()]) for i in range(count)}
+    if not layers:
+        raise ConversionError(f"{path}: a Keras 3 weights file without any weights")
+    return layers
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,6 +297,7 @@ def import_keras(src, out, labels=None, overwrite: bool = False) -> Path:
     """
     src = Path(src)
     layers, model_config = read_keras_h5(src)
+    keras3 = src.name.endswith(".weights.h5") and model_config is None
     family, tensors, num_classes = keras_to_state_dict(layers, src)
     if num_classes is None and labels is not None:
         raise ConversionError(f"{src}: has no classifier (include_top=False), so --labels does not apply")
@@ -263,7 +305,8 @@ def import_keras(src, out, labels=None, overwrite: bool = False) -> Path:
     image_size, eps, notes = settings_from_model_config(model_config, src)
     model_class, config = fit_keras_config(family, tensors, num_classes, image_size, eps, id2label, src)
     notes.update({
-        "source_format": "Keras HDF5 (keras applications MobileNet" + (" V1)" if family == "v1" else "V2)"),
+        "source_format": ("Keras 3 .weights.h5" if keras3 else "Keras HDF5") + " (keras applications MobileNet"
+                         + (" V1)" if family == "v1" else "V2)"),
         "labels": "1000 ImageNet classes, no background class" if num_classes == 1000 else f"{num_classes} classes",
         "padding": "Keras zero-pads stride-2 convs (0, 1) / correct_pad then 'valid': equal to TF 'SAME' "
                    "(tf_padding) for input sizes that are multiples of 32",
@@ -276,4 +319,5 @@ def import_keras(src, out, labels=None, overwrite: bool = False) -> Path:
 
 def register(subparsers) -> None:
     register_import_command(subparsers, "import-keras", import_keras, "Keras applications MobileNet V1/V2 .h5 weights",
-                            "a Keras MobileNet or MobileNetV2 .h5 file (model.save or save_weights, Keras 2)")
+                            "a Keras MobileNet or MobileNetV2 .h5 file (model.save or save_weights, Keras 2) "
+                            "or a Keras 3 .weights.h5 file")

@@ -15,7 +15,7 @@ import numpy as np
 
 from mobilenet_np.errors import ConfigError, ConversionError, WeightsError
 from mobilenet_np.fileio import file_sha256
-from mobilenet_np.formats.weights import read_weights
+from mobilenet_np.formats.weights import TensorQuantization, read_weights, save_weights
 from mobilenet_np.registry import ARCHITECTURES
 
 from . import __version__
@@ -102,17 +102,34 @@ def id2label_or_default(labels, num_classes: int) -> dict[int, str] | None:
 
 
 def save_imported(out, model_class: type, config, tensors: dict[str, np.ndarray], *, source: Path,
-                  converter: str, notes: dict[str, Any], overwrite: bool) -> Path:
-    """Load `tensors` into a `model_class` (strict: every tensor, exact shapes), then write it atomically."""
+                  converter: str, notes: dict[str, Any], overwrite: bool,
+                  quantization: dict[str, TensorQuantization] | None = None) -> Path:
+    """Load `tensors` into a `model_class` (strict: every tensor, exact shapes), then write it atomically.
+
+    With `quantization` the tensors are an integer network's (codes and int32 biases, see
+    weights_tools/tflite/quantized_import.py): each weight must have the float network's shape, and
+    the file is written as format version 2."""
     model = model_class(config, seed=None)
+    provenance = {"source": source.name, "source_sha256": {source.name: file_sha256(source)},
+                  "converter": converter, "converter_version": __version__, **notes}
+    image_processor = image_processor_config(model_class, config.image_size)
+    if quantization:
+        expected = model.parameter_shapes()
+        for key, value in tensors.items():
+            if key.endswith(".weight") and tuple(value.shape) != tuple(expected.get(key, ())):
+                raise ConversionError(f"{source}: integer tensor {key} has shape {value.shape}, the "
+                                      f"{model_class.__name__} expects {expected.get(key)}")
+        try:
+            save_weights(out, tensors, model_class.__name__, config.to_dict(), image_processor=image_processor,
+                         provenance=provenance, overwrite=overwrite, quantization=quantization)
+        except WeightsError as e:
+            raise ConversionError(str(e)) from None
+        return Path(out)
     try:
         model.load_state_dict(tensors, source=str(source))
     except WeightsError as e:
         raise ConversionError(str(e)) from None
-    provenance = {"source": source.name, "source_sha256": {source.name: file_sha256(source)},
-                  "converter": converter, "converter_version": __version__, **notes}
-    model.save_pretrained(out, overwrite=overwrite, provenance=provenance,
-                          image_processor=image_processor_config(model_class, config.image_size))
+    model.save_pretrained(out, overwrite=overwrite, provenance=provenance, image_processor=image_processor)
     return Path(out)
 
 
@@ -121,11 +138,14 @@ def describe(path) -> str:
     weights = read_weights(path)
     c = weights.config
     return (f"{path}: {weights.architecture}, depth_multiplier {c.get('depth_multiplier')}, "
-            f"image_size {c.get('image_size')}, {len(weights.id2label)} labels, {len(weights.tensors)} tensors")
+            f"image_size {c.get('image_size')}, {len(weights.id2label)} labels, {len(weights.tensors)} tensors"
+            + (f", {weights.numerics} ({len(weights.quantization)} quantized tensors)" if weights.quantization else ""))
 
 
-def register_import_command(subparsers, name: str, import_function: Callable, what: str, file_help: str) -> None:
-    """Add `name FILE OUT [--labels FILE] [--force]`, running `import_function(file, out, labels, overwrite)`."""
+def register_import_command(subparsers, name: str, import_function: Callable, what: str, file_help: str,
+                            quantized_flag: bool = False) -> None:
+    """Add `name FILE OUT [--labels FILE] [--force] [--quantized]`, running
+    `import_function(file, out, labels, overwrite[, quantized])`."""
     parser = subparsers.add_parser(name, help=f"{what} -> mobilenet-np HDF5 weights",
                                    description=f"Convert {what} into a mobilenet-np HDF5 weights file.")
     parser.add_argument("file", type=Path, help=file_help)
@@ -134,9 +154,14 @@ def register_import_command(subparsers, name: str, import_function: Callable, wh
                         help="text file with one class name per line (ImageNet with or without the background "
                              "line, Pascal VOC); becomes the config's id2label")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    if quantized_flag:
+        parser.add_argument("--quantized", action="store_true",
+                            help="keep the integer network (uint8/int8 weights, int32 biases, scales and zero "
+                                 "points; format version 2) instead of its float emulation")
 
     def run(args) -> int:
-        out = import_function(args.file, args.out, labels=args.labels, overwrite=args.force)
+        extra = {"quantized": True} if getattr(args, "quantized", False) else {}
+        out = import_function(args.file, args.out, labels=args.labels, overwrite=args.force, **extra)
         print(describe(out))
         return 0
 

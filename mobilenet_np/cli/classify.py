@@ -17,7 +17,7 @@ import json
 import sys
 
 from ..errors import ImageError
-from ..pipelines import ImageClassificationPipeline, ranked_classes
+from ..pipelines import ImageClassificationPipeline, architecture_name, ranked_classes
 from ..commandline import add_model_arguments, add_output_arguments, image_paths, progress, warn
 from ..tables import format_table
 from .common import load_model
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     classifier = ImageClassificationPipeline(load_model(args))
     weights = classifier.model.metadata["path"]
     stream = JsonStream({"command": "classify", "weights": weights, "model": args.model,
-                         "architecture": type(classifier.model).__name__, "top_k": args.top_k}) if args.json else None
+                         "architecture": architecture_name(classifier.model), "top_k": args.top_k}) if args.json else None
     failed, printed = [], 0
     # The results themselves show the progress on a terminal; the bar is for output going to a file or a pipe.
     show_bar = len(paths) > 1 and not sys.stdout.isatty()

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import ConfigError, OutputExistsError
 from ..fileio import atomic_output
 from ..image_processing import load_image
-from ..pipelines import ImageSegmentationPipeline
+from ..pipelines import ImageSegmentationPipeline, architecture_name
 from ..commandline import add_model_arguments, add_output_arguments, print_json
 from ..tables import format_table
 from .common import load_model
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         print_json({"command": "segment", "image": str(args.image), "weights": weights, "model": args.model,
-                    "architecture": type(segmenter.model).__name__, "width": image.width, "height": image.height,
+                    "architecture": architecture_name(segmenter.model), "width": image.width, "height": image.height,
                     "mask": str(mask_path), "overlay": str(overlay_path) if overlay_path else None,
                     "classes": shares})
         return 0

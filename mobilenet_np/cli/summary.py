@@ -16,6 +16,7 @@ import argparse
 from ..commandline import add_output_arguments, print_json
 from ..errors import ConfigError
 from ..networks import model_class
+from ..quantized.network import QuantizedModel
 from ..summary import summarize
 from .common import load_model
 
@@ -75,7 +76,9 @@ def build_model(args):
         if overrides:
             flags = ", ".join(flag for flag, field, _, _ in ARCH_OPTIONS if field in overrides)
             raise ConfigError(f"{flags}: only with --arch (a weights file fixes the architecture)")
-        return load_model(args)
+        model = load_model(args)
+        # an integer network (import-tflite --quantized) runs its float architecture's layers: count those
+        return model.structure if isinstance(model, QuantizedModel) else model
     architecture, defaults = ARCHITECTURES[args.arch]
     if "output_stride" in overrides and args.arch == "mobilenet_v1":
         raise ConfigError("--output-stride: mobilenet_v1 has no output stride option (mobilenet_v2 and deeplab have)")

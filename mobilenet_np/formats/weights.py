@@ -13,6 +13,22 @@ The schema is written down in docs/weights_format.md, for readers in other langu
       provenance           JSON: {"source", "source_sha256": {file: sha256}, "converter", "converter_version", ...}
     /tensors/<key>         one dataset per state_dict key, PyTorch layout (conv weights OIHW), float32
                            or float64; `...num_batches_tracked` are int64 scalars
+
+Format version 2 adds integer networks (a quantized TFLite graph imported with --quantized):
+
+      numerics             "float" | "integer"      (version 2 only; version 1 files are "float")
+    /tensors/<key>         integer files: the weights as uint8 / int8 codes (PyTorch layout), biases int32
+    /quantization/<name>   one empty group per quantized tensor (a weight, a bias, or an activation under
+                           its transformers module path), its attributes:
+        dtype              "uint8" | "int8" | "int32" | "int64"
+        scale              float32 (K,)   real = scale * (q - zero_point); K = 1, or one per channel
+        zero_point         int64 (K,)     (an index tensor, ARG_MAX's labels: int64, scale 1, zero point 0)
+        axis               int64: -1 per tensor, else the per-channel axis in PyTorch layout
+        op                 the TFLite op that computes the tensor ("" for weights and the network input)
+        options            JSON: that op's options as the integer network needs them
+        source             int64 (T,): the TFLite tensor indices that hold these codes
+
+Float files are still written as version 1 (readable by version-1 readers); integer files as version 2.
 """
 
 from __future__ import annotations
@@ -26,11 +42,32 @@ import numpy as np
 
 from ..errors import WeightsError
 from ..fileio import atomic_output, open_hdf5
-from ..registry import ARCHITECTURES
+from ..registry import ARCHITECTURES, NUMERICS
 
 FORMAT_NAME = "mobilenet-np-weights"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1                  # what float files are written as
+QUANTIZED_FORMAT_VERSION = 2        # integer files (and the newest version this module reads)
+READABLE_VERSIONS = (1, 2)
 TENSORS_GROUP = "tensors"
+QUANTIZATION_GROUP = "quantization"
+QUANTIZED_DTYPES = ("uint8", "int8", "int32", "int64")
+
+
+@dataclass(frozen=True, eq=False)
+class TensorQuantization:
+    """How one integer tensor of an integer network is encoded, and which TFLite op computes it.
+
+    real = scale * (q - zero_point), per tensor (axis None, one scale) or per channel along `axis`
+    (PyTorch layout). An index tensor (ARG_MAX's labels) is int64 with scale 1 and zero point 0.
+    """
+
+    dtype: str                                   # "uint8", "int8", "int32" or "int64"
+    scale: np.ndarray                            # float32 (K,)
+    zero_point: np.ndarray                       # int64 (K,)
+    axis: int | None = None
+    op: str = ""                                 # e.g. "CONV_2D"; "" for weights and the network input
+    options: dict = field(default_factory=dict)  # e.g. {"activation": "relu6", "padding": "same"}
+    source: tuple[int, ...] = ()                 # TFLite tensor indices holding these codes
 
 
 @dataclass
@@ -45,6 +82,8 @@ class WeightsFile:
     image_processor: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    numerics: str = "float"
+    quantization: dict[str, TensorQuantization] = field(default_factory=dict)   # integer files only
 
 
 def _string_attribute(f, name: str, text: str) -> None:
@@ -59,10 +98,15 @@ def _string_attribute(f, name: str, text: str) -> None:
 
 def save_weights(path, tensors: dict[str, np.ndarray], architecture: str, config: dict[str, Any], *,
                  image_processor: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None,
-                 overwrite: bool = False) -> Path:
-    """Write a weights file atomically (a temporary file beside `path`, then a rename)."""
+                 overwrite: bool = False, quantization: dict[str, TensorQuantization] | None = None) -> Path:
+    """Write a weights file atomically (a temporary file beside `path`, then a rename).
+
+    With `quantization` (an integer network) the file is format version 2, numerics "integer"."""
     import h5py
 
+    if quantization:
+        for name, q in quantization.items():
+            _check_quantization(name, q, path)
     if architecture not in ARCHITECTURES:
         raise WeightsError(f"{path}: unknown architecture {architecture!r}, expected one of {sorted(ARCHITECTURES)}")
     id2label = {str(k): v for k, v in config.get("id2label", {}).items()}
@@ -71,7 +115,9 @@ def save_weights(path, tensors: dict[str, np.ndarray], architecture: str, config
         # libver v108: attributes over 64 KiB (the config with 1001 labels) go to dense storage.
         with h5py.File(tmp, "w", libver=("v108", "latest")) as f:
             _string_attribute(f, "format", FORMAT_NAME)
-            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["format_version"] = QUANTIZED_FORMAT_VERSION if quantization else FORMAT_VERSION
+            if quantization:
+                _string_attribute(f, "numerics", "integer")
             _string_attribute(f, "architecture", architecture)
             _string_attribute(f, "config", json.dumps(config, sort_keys=True))
             _string_attribute(f, "id2label", json.dumps(id2label))
@@ -80,7 +126,39 @@ def save_weights(path, tensors: dict[str, np.ndarray], architecture: str, config
             group = f.create_group(TENSORS_GROUP)
             for key, value in tensors.items():
                 group.create_dataset(key, data=np.asarray(value))
+            if quantization:
+                records = f.create_group(QUANTIZATION_GROUP)
+                for name, q in quantization.items():
+                    record = records.create_group(name)
+                    _string_attribute(record, "dtype", q.dtype)
+                    record.attrs["scale"] = np.asarray(q.scale, np.float32)
+                    record.attrs["zero_point"] = np.asarray(q.zero_point, np.int64)
+                    record.attrs["axis"] = np.int64(-1 if q.axis is None else q.axis)
+                    _string_attribute(record, "op", q.op)
+                    _string_attribute(record, "options", json.dumps(q.options, sort_keys=True))
+                    record.attrs["source"] = np.asarray(q.source, np.int64)
     return path
+
+
+def _check_quantization(name: str, q: TensorQuantization, path) -> TensorQuantization:
+    """The record as stored (float32 scales, int64 zero points), or a WeightsError naming the tensor."""
+    where = f"{path}: /{QUANTIZATION_GROUP}/{name}"
+    if q.dtype not in QUANTIZED_DTYPES:
+        raise WeightsError(f"{where}: dtype {q.dtype!r}, expected one of {list(QUANTIZED_DTYPES)}")
+    scale, zero_point = np.asarray(q.scale), np.asarray(q.zero_point)
+    if scale.ndim != 1 or not scale.size or zero_point.shape != scale.shape or scale.dtype.kind != "f" \
+            or zero_point.dtype.kind not in "iu":
+        raise WeightsError(f"{where}: scale and zero_point must be 1-D float / integer arrays of one length, "
+                           f"got {scale.dtype} {scale.shape} and {zero_point.dtype} {zero_point.shape}")
+    if not np.all(np.isfinite(scale)) or not np.all(scale > 0):
+        raise WeightsError(f"{where}: scales must be finite and positive")
+    if q.axis is None and scale.size != 1:
+        raise WeightsError(f"{where}: {scale.size} scales with axis {q.axis} (one scale per tensor, or an axis "
+                           "for per-channel scales)")
+    if not isinstance(q.options, dict):
+        raise WeightsError(f"{where}: options must be a JSON object")
+    return TensorQuantization(q.dtype, scale.astype(np.float32), zero_point.astype(np.int64), q.axis, q.op,
+                              dict(q.options), tuple(int(i) for i in q.source))
 
 
 # A damaged file can declare an attribute or a tensor of any size; reading it would allocate that much.
@@ -125,10 +203,18 @@ def read_weights(path) -> WeightsFile:
             if fmt != FORMAT_NAME:
                 raise WeightsError(f"{path}: root attribute 'format' is {fmt!r}, expected {FORMAT_NAME!r}")
             version = _attribute(attrs, "format_version", path)
-            if not isinstance(version, (int, np.integer)) or int(version) != FORMAT_VERSION:
-                version = int(version) if isinstance(version, np.integer) else version  # 2, not np.int64(2)
+            if not isinstance(version, (int, np.integer)) or int(version) not in READABLE_VERSIONS:
+                version = int(version) if isinstance(version, np.integer) else version  # 3, not np.int64(3)
                 raise WeightsError(f"{path}: format_version {version!r} is not supported (this mobilenet_np reads "
-                                   f"version {FORMAT_VERSION}); upgrade mobilenet-np or re-convert the weights")
+                                   f"versions {', '.join(map(str, READABLE_VERSIONS))}); upgrade mobilenet-np or "
+                                   "re-convert the weights")
+            version = int(version)
+            numerics = "float"
+            if version >= 2:
+                numerics = _attribute(attrs, "numerics", path)
+                numerics = numerics.decode() if isinstance(numerics, bytes) else numerics
+                if numerics not in NUMERICS:
+                    raise WeightsError(f"{path}: root attribute 'numerics' is {numerics!r}, expected one of {list(NUMERICS)}")
             architecture = _attribute(attrs, "architecture", path)
             architecture = architecture.decode() if isinstance(architecture, bytes) else architecture
             if architecture not in ARCHITECTURES:
@@ -152,9 +238,41 @@ def read_weights(path) -> WeightsFile:
                     raise WeightsError(f"{path}: /{TENSORS_GROUP}/{name} declares shape {dataset.shape} "
                                        f"({dataset.size * dataset.dtype.itemsize} bytes), more than any weight tensor")
                 tensors[name] = dataset[()]
+            quantization = _read_quantization(f, path) if numerics == "integer" else {}
     except WeightsError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:  # truncated or damaged HDF5
         raise WeightsError(f"{path}: damaged weights file ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
     return WeightsFile(path, architecture, config, tensors, {int(k): v for k, v in id2label.items()}
-                       if isinstance(id2label, dict) else {}, image_processor or {}, provenance or {})
+                       if isinstance(id2label, dict) else {}, image_processor or {}, provenance or {},
+                       version, numerics, quantization)
+
+
+def _read_quantization(f, path: Path) -> dict[str, TensorQuantization]:
+    """The /quantization records of an integer file, each checked."""
+    import h5py
+
+    group = f.get(QUANTIZATION_GROUP)
+    if not isinstance(group, h5py.Group) or not len(group):
+        raise WeightsError(f"{path}: an integer weights file needs the /{QUANTIZATION_GROUP} group of its tensors' "
+                           "scales and zero points")
+    records = {}
+    for name, record in group.items():
+        where = f"/{QUANTIZATION_GROUP}/{name}"
+        if not isinstance(record, h5py.Group):
+            raise WeightsError(f"{path}: {where} is not a group")
+        attrs = record.attrs
+        missing = [a for a in ("dtype", "scale", "zero_point", "axis") if a not in attrs]
+        if missing:
+            raise WeightsError(f"{path}: {where} has no attribute {missing[0]!r}")
+        text = lambda key: (lambda v: v.decode() if isinstance(v, bytes) else str(v))(attrs.get(key, b""))  # noqa: E731
+        try:
+            options = json.loads(text("options") or "{}")
+        except json.JSONDecodeError as e:
+            raise WeightsError(f"{path}: {where}: attribute 'options' is not valid JSON ({e})") from None
+        axis = int(attrs["axis"])
+        q = TensorQuantization(text("dtype"), np.atleast_1d(attrs["scale"]), np.atleast_1d(attrs["zero_point"]),
+                               None if axis < 0 else axis, text("op"), options,
+                               tuple(np.atleast_1d(attrs.get("source", np.zeros(0, np.int64))).tolist()))
+        records[name] = _check_quantization(name, q, path)
+    return records
