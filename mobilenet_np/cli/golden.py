@@ -21,6 +21,7 @@ from ..commandline import (add_golden_output_arguments, add_input_arguments, add
                            pixel_values_from_args)
 from ..formats import golden
 from ..networks import load
+from ..quantized.network import QuantizedModel
 from .common import weights_path
 
 PRODUCER = "mobilenet_np"
@@ -45,13 +46,18 @@ def run(args: argparse.Namespace) -> int:
     path = weights_path(args)
     model = load(path)
     architecture, config = model.metadata["architecture"], model.config.to_dict()
+    integer = isinstance(model, QuantizedModel)
     pixel_values, input_info = pixel_values_from_args(args, architecture, config, model.metadata["image_processor"],
                                                       dtype)
     attrs = golden.golden_attributes(PRODUCER, architecture, config, str(path), golden.file_sha256(path),
-                                     args.dtype, input_info, golden.library_versions())
+                                     "integer" if integer else args.dtype, input_info, golden.library_versions())
+    if integer:     # the codes' scales and zero points, so that `compare` can dequantize them (docs/golden_format.md)
+        attrs["quantization"] = {name: {"scale": q.scale.tolist(), "zero_point": q.zero_point.tolist(), "axis": q.axis}
+                                 for name, q in model.quantization.items()}
     with golden.GoldenWriter(out, attrs, args.file_format, overwrite=args.force, compression=args.compression,
                              layers=args.layers) as record:
-        model.astype(dtype)(pixel_values, record=record)      # each tensor is written as it is computed
-    print(f"wrote {out}: {len(record.names)} tensors of {architecture} ({args.dtype}, input "
+        runnable = model if integer else model.astype(dtype)  # an integer network computes in its own codes
+        runnable(pixel_values, record=record)                  # each tensor is written as it is computed
+    print(f"wrote {out}: {len(record.names)} tensors of {architecture} ({attrs['dtype']}, input "
           f"{tuple(pixel_values.shape)}, {record.file_format})")
     return 0
