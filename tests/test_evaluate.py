@@ -12,6 +12,7 @@ order of a float sum).
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from mobilenet_np.evaluation.metrics import (class_counts, class_counts_naive, c
                                              confusion_matrix_naive, segmentation_scores, segmentation_scores_naive,
                                              top_k_classes, top_k_classes_naive)
 from mobilenet_np.pipelines import ImageClassificationPipeline, ImageSegmentationPipeline
+from weights_tools.__main__ import main as tools_main
 
 LABELS = {0: "tabby, tabby cat", 1: "dog", 2: "crane", 3: "crane", 4: "red fox, Vulpes vulpes", 5: "kind 5", 6: "kind 6"}
 FOLDERS = {"tabby cat": 0, "dog": 1, "3": 3, "red_fox": 4, "Kind 5": 5, "6": 6}   # folder name -> class it means
@@ -465,3 +467,18 @@ def test_segmentation_against_the_pipelines_class_maps(files):
     halves = [evaluate(files["segmenter"], files["seg_images"], masks=files["masks"], shard_index=k, shard_count=2)
               for k in range(2)]
     assert without_timing(merge_reports(halves)) == without_timing(report)
+
+
+def test_integer_networks_are_evaluated_and_compared_with_their_float_import(tmp_path):
+    """`evaluate` on an --quantized import (the integer path), and its agreement with the float import."""
+    fixture = Path(__file__).resolve().parent / "fixtures" / "tflite" / "keras_mobilenet_v1_0.25_96_int8_uint8io.tflite"
+    assert tools_main(["import-tflite", str(fixture), str(tmp_path / "int.h5"), "--quantized"]) == 0
+    assert tools_main(["import-tflite", str(fixture), str(tmp_path / "float.h5")]) == 0
+    data = tmp_path / "data"
+    data.mkdir()
+    for k in range(4):
+        pixels = np.random.default_rng(k).integers(0, 256, (120, 100, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(data / f"{k}.png")
+    report = evaluate(tmp_path / "int.h5", data, labels="none", against=tmp_path / "float.h5")
+    assert report["evaluated"] == 4 and report["agreement"] is not None
+    assert 0.0 <= report["agreement"]["top1_agreement"] <= 1.0

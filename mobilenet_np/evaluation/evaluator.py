@@ -28,7 +28,9 @@ from PIL import Image
 
 from ..errors import ConfigError, ImageError, MobileNetError
 from ..image_processing import load_image
-from ..pipelines import pipeline
+from ..networks.base import PreTrainedModel
+from ..pipelines import architecture_name, pipeline
+from ..registry import ARCHITECTURES
 from ..fast import EngineSettings
 from ..networks import load
 from .labels import Sample
@@ -36,16 +38,16 @@ from .metrics import VOC_IGNORE_INDEX, confusion_matrix, top_k_classes
 
 TOP_K = 5
 WEIGHTS_SUFFIXES = (".h5", ".hdf5")
-TASKS = {"ForImageClassification": ("classification", "image-classification"),
-         "ForSemanticSegmentation": ("segmentation", "image-segmentation")}
+# registry task of the architecture -> (this module's task, the pipeline's task)
+TASKS = {"image-classification": ("classification", "image-classification"),
+         "semantic-segmentation": ("segmentation", "image-segmentation")}
 
 
 def task_of(model) -> tuple[str, str]:
     """("classification" | "segmentation", the pipeline task) of a loaded model; a base model is a ConfigError."""
-    name = type(model).__name__
-    for suffix, task in TASKS.items():
-        if name.endswith(suffix):
-            return task
+    name = architecture_name(model)              # (an integer network runs its float architecture's graph)
+    if ARCHITECTURES[name].task in TASKS:
+        return TASKS[ARCHITECTURES[name].task]
     source = (getattr(model, "metadata", None) or {}).get("path", "model")
     raise ConfigError(f"{source}: holds a {name}, which has no classifier; expected an image-classification or "
                       "semantic-segmentation network")
@@ -118,7 +120,7 @@ class Evaluator:
 
     def _load(self, path):
         model = load(path)
-        if self.spec.threads is not None:
+        if self.spec.threads is not None and isinstance(model, PreTrainedModel):   # the float fast engine
             model.engine = EngineSettings(threads=self.spec.threads)
         return model
 
