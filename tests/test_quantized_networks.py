@@ -17,9 +17,11 @@ are skipped (the fixtures still run).
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
@@ -28,7 +30,8 @@ from hypothesis import given, settings, strategies as st
 
 import flatbuffers
 import mobilenet_np
-from mobilenet_np.errors import ConversionError, ShapeError
+from mobilenet_np.errors import ConversionError, ShapeError, WeightsError
+from mobilenet_np.formats.weights import read_weights
 from mobilenet_np.image_processing import load_image
 from mobilenet_np.pipelines import image_processor_for, pipeline
 from mobilenet_np.quantized.network import QuantizedModel
@@ -334,3 +337,47 @@ def test_bad_quantized_files_raise_one_line_conversion_errors(tmp_path, edit, me
 def test_float_files_refuse_the_quantized_import(tmp_path):
     with pytest.raises(ConversionError, match=r"the graph input: tensor 0 .* is float32, not integer codes"):
         import_tflite(source_path(FLOAT_FIXTURES[0]), tmp_path / "out.h5", quantized=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# the integer weights file (format version 2)
+# --------------------------------------------------------------------------------------------------
+
+def test_integer_weights_files_read_back_and_damage_is_refused(tmp_path):
+    path = import_tflite(source_path(INT8_FIXTURES[1]), tmp_path / "integer.h5", quantized=True)
+    weights = read_weights(path)
+    assert (weights.format_version, weights.numerics) == (2, "integer")
+    assert weights.tensors["mobilenet_v1.conv_stem.convolution.weight"].dtype == np.int8
+    assert weights.tensors["classifier.bias"].dtype == np.int32
+    stem = weights.quantization["mobilenet_v1.conv_stem.convolution.weight"]
+    assert stem.axis == 0 and stem.scale.dtype == np.float32 and stem.scale.size == 8 and not stem.zero_point.any()
+    assert weights.quantization["mobilenet_v1.layer.0"].options == {"activation": "relu6", "padding": "same"}
+    assert isinstance(mobilenet_np.load(path), QuantizedModel)
+    with pytest.raises(WeightsError, match="dtype int8, expected float32"):
+        mobilenet_np.MobileNetV1ForImageClassification.from_pretrained(path)   # the float class: refused
+
+    def damaged(edit) -> Path:
+        copy = tmp_path / f"damaged_{len(list(tmp_path.iterdir()))}.h5"
+        shutil.copy(path, copy)
+        with h5py.File(copy, "a") as f:
+            edit(f)
+        return copy
+
+    cases = [
+        (lambda f: f.__delitem__("quantization"), r"needs the /quantization group"),
+        (lambda f: f["quantization/mobilenet_v1.layer.3"].attrs.__delitem__("scale"), r"layer.3 has no attribute 'scale'"),
+        (lambda f: f["quantization/mobilenet_v1.layer.3"].attrs.__setitem__("scale", np.float32([-1])),
+         r"scales must be finite and positive"),
+        (lambda f: f["quantization/mobilenet_v1.layer.3"].attrs.__setitem__("scale", np.float32([0.1, 0.2])),
+         r"1-D float / integer arrays of one length, got float32 \(2,\) and int64 \(1,\)"),
+        (lambda f: f["quantization/classifier.weight"].attrs.__setitem__("axis", np.int64(-1)),
+         r"classifier.weight: 1000 scales with axis None"),
+        (lambda f: f["quantization"].__delitem__("mobilenet_v1.layer.3"), r"no quantization record for mobilenet_v1.layer.3"),
+        (lambda f: f["quantization/mobilenet_v1.layer.4.convolution.weight"].attrs.__setitem__("axis", np.int64(2)),
+         r"layer.4.convolution.weight has 32 per-channel scales along axis 2, which does not fit"),
+        (lambda f: f.attrs.__setitem__("numerics", b"fixed"), r"'numerics' is 'fixed'"),
+    ]
+    for edit, message in cases:
+        with pytest.raises(WeightsError, match=message) as caught:
+            mobilenet_np.load(damaged(edit))
+        assert "\n" not in str(caught.value)
