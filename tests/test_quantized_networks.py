@@ -59,6 +59,11 @@ def source_path(name: str, shared_data=None) -> Path:
     return FIXTURES / name
 
 
+def path_of(request, name: str) -> Path:
+    """The .tflite file `name`: a shared one (the test is skipped without ../shared) or a fixture."""
+    return source_path(name, request.getfixturevalue("shared_data") if name in SHARED else None)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """name -> the integer model imported from it (imported once, on first use)."""
@@ -137,18 +142,18 @@ def compare_every_tensor(model: QuantizedModel, tensors: dict[int, np.ndarray], 
     return output, compared
 
 
-def test_every_activation_tensor_of_the_graph_is_mapped(models, shared_data):
+@pytest.mark.parametrize("name", SHARED + INT8_FIXTURES)
+def test_every_activation_tensor_of_the_graph_is_mapped(models, request, name):
     """The import names the graph input and every tensor an op computes (bar Keras' int32 shape arithmetic)."""
-    for name in SHARED + INT8_FIXTURES:
-        path = source_path(name, shared_data)
-        model = models(name, path)
-        mapped = {i for q in model.quantization.values() for i in q.source}
-        it = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-        computed = {it.get_input_details()[0]["index"]}
-        for op in it._get_ops_details():
-            if op["op_name"] not in ("SHAPE", "STRIDED_SLICE", "PACK"):
-                computed.update(op["outputs"])
-        assert computed - mapped == set(), f"{name}: tensors not mapped: {sorted(computed - mapped)}"
+    path = path_of(request, name)
+    model = models(name, path)
+    mapped = {i for q in model.quantization.values() for i in q.source}
+    it = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    computed = {it.get_input_details()[0]["index"]}
+    for op in it._get_ops_details():
+        if op["op_name"] not in ("SHAPE", "STRIDED_SLICE", "PACK"):
+            computed.update(op["outputs"])
+    assert computed - mapped == set(), f"{name}: tensors not mapped: {sorted(computed - mapped)}"
 
 
 @pytest.mark.parametrize("name", SHARED + INT8_FIXTURES)
@@ -169,10 +174,10 @@ def test_every_intermediate_tensor_on_the_real_images(models, reference, shared_
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("name", SHARED + INT8_FIXTURES)
-def test_every_intermediate_tensor_on_random_inputs(models, reference, shared_data, name, seed):
+def test_every_intermediate_tensor_on_random_inputs(models, reference, request, name, seed):
     if name == "deeplabv3_mnv2_pascal_quant.tflite" and seed > 0:
         pytest.skip("one random input is enough for the 513x513 DeepLab (2.5 s per interpreter run)")
-    path = source_path(name, shared_data)
+    path = path_of(request, name)
     model = models(name, path)
     codes = random_codes(model, seed)
     compare_every_tensor(model, reference(path, ("random", seed), codes), codes)

@@ -90,6 +90,7 @@ class QuantizedModel:
         self.quantization = dict(quantization)
         self.source = source
         self.metadata: dict[str, Any] = {}
+        self.structure = None        # the float model whose layer descriptions these are (from_weights_file)
         self.params = {name: self._params(name, q) for name, q in self.quantization.items()}
         self._check()
 
