@@ -78,7 +78,7 @@ def build_model(args):
             raise ConfigError(f"{flags}: only with --arch (a weights file fixes the architecture)")
         model = load_model(args)
         # an integer network (import-tflite --quantized) runs its float architecture's layers: count those
-        return model.structure if isinstance(model, QuantizedModel) else model
+        return model.structure if isinstance(model, QuantizedModel) and model.structure is not None else model
     architecture, defaults = ARCHITECTURES[args.arch]
     if "output_stride" in overrides and args.arch == "mobilenet_v1":
         raise ConfigError("--output-stride: mobilenet_v1 has no output stride option (mobilenet_v2 and deeplab have)")

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ShapeError, WeightsError
+from ..fast import blas_on_one_thread
 from ..formats.weights import TensorQuantization, WeightsFile
 from ..layers import ConvLayer, Dropout, Graph, ImagePoolingASPP, InvertedResidual, Recorder, no_record
 from ..outputs import ModelOutput
@@ -73,8 +74,8 @@ class QuantizedModel:
 
     numerics = "integer"
     # Convolutions may be split by output channels over this many threads (NumPy's matrix products and
-    # ufuncs release the GIL; every channel's codes are computed exactly as in one piece). Default 1: on a
-    # loaded 2-core machine the split measured slower (BLAS already uses the cores for the products).
+    # ufuncs release the GIL; every channel's codes are computed exactly as in one piece). BLAS itself runs
+    # on one thread during a call: its spinning thread pool made the many small products 2-3x slower.
     threads: int = 1
     SPLIT_MIN_OUTPUTS = 1 << 16          # smaller convs run in one piece (thread hand-off costs more)
     _pool: ThreadPoolExecutor | None = None
@@ -89,6 +90,7 @@ class QuantizedModel:
         self.quantization = dict(quantization)
         self.source = source
         self.metadata: dict[str, Any] = {}
+        self.structure = None        # the float model whose layer descriptions these are (from_weights_file)
         self.params = {name: self._params(name, q) for name, q in self.quantization.items()}
         self._check()
 
@@ -279,6 +281,10 @@ class QuantizedModel:
         Classifiers return logits, quantized_logits, quantized_probabilities, probabilities;
         DeepLab returns logits, quantized_logits, labels (see the output classes above)."""
         record = no_record if record is None else record
+        with blas_on_one_thread():
+            return self._run(pixel_values, record)
+
+    def _run(self, pixel_values, record: Recorder):
         x = self.input_codes(pixel_values, record)
         height, width = x.values.shape[2:]
         for unit in self.graph.units:
