@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import pair
 from ..errors import ShapeError
 from .fixedpoint import (
     QuantParams, activation_range, conv_real_multiplier, add_real_multipliers, dtype_range, exp_on_negative_values,
@@ -86,16 +87,6 @@ def _bias(bias, op: str, channels: int) -> np.ndarray:
     return bias.astype(np.int64)
 
 
-def _pair(value, op: str, name: str) -> tuple[int, int]:
-    if isinstance(value, (int, np.integer)):
-        return int(value), int(value)
-    try:
-        h, w = value
-        return int(h), int(w)
-    except (TypeError, ValueError):
-        raise ShapeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}") from None
-
-
 def _c_divide(a, b) -> np.ndarray:
     """C integer division (truncation toward zero) of int64 arrays, b > 0."""
     q = np.abs(a) // b
@@ -116,8 +107,8 @@ def conv_geometry(op: str, size: tuple[int, int], kernel: tuple[int, int], strid
         explicit: out = (in + before + after - k') // s + 1
     """
     (h, w), (kh, kw) = size, kernel
-    sh, sw = _pair(stride, op, "stride")
-    dh, dw = _pair(dilation, op, "dilation")
+    sh, sw = pair(stride, op, "stride")
+    dh, dw = pair(dilation, op, "dilation")
     if min(sh, sw, dh, dw, kh, kw) < 1:
         raise ShapeError(f"{op}: kernel, stride and dilation must be positive, got kernel {kernel}, "
                          f"stride {stride}, dilation {dilation}")
@@ -132,7 +123,7 @@ def conv_geometry(op: str, size: tuple[int, int], kernel: tuple[int, int], strid
         else:
             raise ShapeError(f"{op}: padding must be 'same', 'valid', an int, a pair or 4 ints, got {padding!r}")
     elif isinstance(padding, (int, np.integer)) or len(padding) == 2:
-        ph, pw = _pair(padding, op, "padding")
+        ph, pw = pair(padding, op, "padding")
         pads = (ph, ph, pw, pw)
     elif len(padding) == 4:
         pads = tuple(int(p) for p in padding)
@@ -530,7 +521,7 @@ def add_naive(a, b, a_params, b_params, y_params, activation="none") -> np.ndarr
 def _pool_arguments(op, x, params, kernel_size, stride, padding, activation):
     x = _codes(x, op, "x", ndim=4)
     params = _params(params, op, "params", x.shape)
-    kh, kw = _pair(kernel_size, op, "kernel_size")
+    kh, kw = pair(kernel_size, op, "kernel_size")
     (oh, ow), pads, stride, _ = conv_geometry(op, x.shape[2:], (kh, kw), stride, padding, 1)
     act = activation_range(activation, params.scale[0], params.zero_point[0], x.dtype)
     return x, (kh, kw), (oh, ow), pads, stride, act
@@ -717,7 +708,7 @@ def softmax_naive(x, x_params, beta=1.0) -> np.ndarray:
 
 def _resize_arguments(op, x, size, align_corners, half_pixel_centers):
     x = _codes(x, op, "x", ndim=4)
-    out_h, out_w = _pair(size, op, "size")
+    out_h, out_w = pair(size, op, "size")
     if min(out_h, out_w) < 1:
         raise ShapeError(f"{op}: size must be positive, got {size!r}")
     if align_corners and half_pixel_centers:
