@@ -177,8 +177,9 @@ def load_data(spec: dict, processor, num_labels, seed: int):
         val = D.load_dataset(spec["val"], processor, num_labels=num_labels, skip_bad=spec["skip_bad"],
                              classes=train.classes if Path(spec["val"]).suffix == ".csv" else None)
     elif spec["val_fraction"] is not None:
+        skipped = train.skipped
         train, val = D.split(train, spec["val_fraction"], seed)
-        val.skipped = []
+        train.skipped = skipped                                    # reported once, with the training set
     else:
         val = None
     return train, val
