@@ -45,8 +45,9 @@ from ..errors import ImageError, MobileNetError
 from ..image_processing import MobileNetV1ImageProcessor, center_crop, load_image, open_image
 
 __all__ = ["DataError", "Dataset", "Augmentation", "load_dataset", "image_folder", "csv_dataset", "npz_dataset",
-           "idx_dataset", "segmentation_folder", "to_training_size", "split", "epoch_order", "batch_indices",
-           "augment", "augment_naive", "pixel_values", "IGNORE_INDEX"]
+           "idx_dataset", "read_idx", "segmentation_folder", "to_training_size", "stack_to_training_size",
+           "read_image", "split", "epoch_order", "batch_indices", "augment", "augment_naive", "pixel_values",
+           "IGNORE_INDEX"]
 
 IGNORE_INDEX = 255           # transformers' semantic_loss_ignore_index default: masks' "void" pixels
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -128,7 +129,7 @@ def to_training_size(image: np.ndarray, processor: MobileNetV1ImageProcessor, re
     return np.ascontiguousarray(image)
 
 
-def _stack_to_training_size(images: np.ndarray, processor, name: str) -> np.ndarray:
+def stack_to_training_size(images: np.ndarray, processor, name: str) -> np.ndarray:
     """(N, C, H, W) uint8 of one size -> the training size, all images in one resize (planes stacked:
     the resize treats each plane alike, so this equals resizing image by image)."""
     n, c, h, w = images.shape
@@ -140,7 +141,7 @@ def _stack_to_training_size(images: np.ndarray, processor, name: str) -> np.ndar
 # the sources
 # --------------------------------------------------------------------------------------------------
 
-def _read_image(path: Path, processor) -> np.ndarray:
+def read_image(path: Path, processor) -> np.ndarray:
     """An image file -> (3, h, w) uint8 at the training size; ImageError names the file."""
     rgb = np.moveaxis(np.array(load_image(path)), -1, 0)                 # (3, H, W) uint8
     return to_training_size(rgb, processor, name=str(path))
@@ -177,7 +178,7 @@ def image_folder(root, processor, *, num_labels: int | None = None, skip_bad: bo
         for path in sorted(p for p in (root / name).iterdir() if p.is_file() and not p.name.startswith(".")):
             try:
                 _check_class_id(class_id, num_labels, str(path))
-                images.append(_read_image(path, processor))
+                images.append(read_image(path, processor))
             except (ImageError, DataError) as e:
                 if not skip_bad:
                     raise DataError(str(e)) from None
@@ -222,7 +223,7 @@ def csv_dataset(path, processor, *, classes: list[str] | None = None, num_labels
             else:
                 raise DataError(f"{where}: unknown class {label!r}, expected one of {classes[:5]}")
             _check_class_id(class_id, num_labels if num_labels is not None else len(classes), where)
-            images.append(_read_image(path.parent / file.strip(), processor))
+            images.append(read_image(path.parent / file.strip(), processor))
         except (ImageError, DataError) as e:
             if not skip_bad:
                 raise DataError(str(e) if str(e).startswith(str(path)) else f"{where}: {e}") from None
@@ -290,11 +291,14 @@ def npz_dataset(path, processor, *, num_labels: int | None = None, skip_bad: boo
     if segmentation:
         images, y = _segmentation_to_training_size(images, y, processor, str(path))
     else:
-        images = _stack_to_training_size(images, processor, str(path))
+        images = stack_to_training_size(images, processor, str(path))
     if "classes" in arrays:
         classes = [str(c) for c in arrays["classes"]]
     else:
-        top = num_labels if num_labels is not None else int(y[y != IGNORE_INDEX].max() + 1 if segmentation else y.max() + 1)
+        if num_labels is not None:
+            top = num_labels
+        else:
+            top = int((y[y != IGNORE_INDEX] if segmentation else y).max() + 1)
         classes = [str(i) for i in range(top)]
     return Dataset(images, y, classes, names, str(path), skipped)
 
@@ -337,7 +341,7 @@ def idx_dataset(prefix, processor, *, num_labels: int | None = None, skip_bad: b
     images, labels, names, skipped = _screen(images[:, None], labels.astype(np.int64), names, num_labels,
                                              str(prefix), skip_bad, False)
     classes = IDX_CLASSES.get(prefix.parent.name, [str(i) for i in range(int(labels.max()) + 1)])
-    return Dataset(_stack_to_training_size(images, processor, str(prefix)), labels, classes, names, str(prefix),
+    return Dataset(stack_to_training_size(images, processor, str(prefix)), labels, classes, names, str(prefix),
                    skipped)
 
 

@@ -303,7 +303,8 @@ class Trainer:
         indices = D.batch_indices(len(self.train_set), s.batch_size, epoch, s.seed, s.shuffle)[index]
         images, targets = self.train_set.images[indices], self.train_set.targets[indices]
         if self.augmentation.crop_padding or self.augmentation.flip:
-            images, targets = D.augment(images, targets, self.augmentation, np.random.default_rng([s.seed, epoch, index]))
+            rng = np.random.default_rng([s.seed, epoch, index])
+            images, targets = D.augment(images, targets, self.augmentation, rng)
         return D.pixel_values(images, self.processor, self.model.config.num_channels, self.dtype), targets
 
     def train_step(self, x: np.ndarray, targets: np.ndarray) -> dict:
