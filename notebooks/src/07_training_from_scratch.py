@@ -58,12 +58,12 @@ REAL = (FASHION / "train-images-idx3-ubyte.gz").is_file()
 if REAL:
     train_all = D.load_dataset(FASHION / "train", processor)      # 60 000 images, resized 28 -> 32 once
     test_all = D.load_dataset(FASHION / "t10k", processor)
-    train_set = train_all.subset(np.arange(4000))                 # a subset: the notebook runs in about a minute
+    train_set = train_all.subset(np.arange(3000))                 # a subset: the notebook runs in about a minute
     test_set = test_all.subset(np.arange(2000))
     print(f"Fashion-MNIST from {FASHION}: {len(train_set)} training and {len(test_set)} test images")
 else:
     train_set, test_set = (D.Dataset(D.stack_to_training_size(d.images, processor, "bars"), d.targets, d.classes,
-                                     d.names, d.source) for d in (synthetic_bars(4000, 0), synthetic_bars(2000, 1)))
+                                     d.names, d.source) for d in (synthetic_bars(3000, 0), synthetic_bars(2000, 1)))
     print(f"NOTE: {FASHION} is absent (apt-get install dataset-fashion-mnist): SYNTHETIC BARS stand in for "
           "Fashion-MNIST; the numbers below are not Fashion-MNIST's.")
 print("images", train_set.images.shape, train_set.images.dtype, "classes", train_set.classes)
@@ -92,8 +92,8 @@ model = mobilenet_np.MobileNetV2ForImageClassification(config, seed=None)
 init_weights(model, seed=0)          # He-normal convolutions, BatchNorm 1 / 0, classifier N(0, 0.01)
 print(f"{model.num_parameters():,} parameters")
 
-x = D.pixel_values(train_set.images[:64], processor, 3)               # (64, 3, 32, 32) float32
-y = train_set.targets[:64]
+x = D.pixel_values(train_set.images[:32], processor, 3)               # (32, 3, 32, 32) float32
+y = train_set.targets[:32]
 probe = mobilenet_np.MobileNetV2ForImageClassification(config, seed=None)
 probe.params.update({k: v.copy() for k, v in model.params.items()})
 probe.train(seed=0, dropout=0.0)
@@ -122,8 +122,8 @@ assert losses[-1] < losses[0]
 # (train mode normalises with the batch's), so one run gives both versions.
 
 # %%
-settings = TrainSettings(epochs=2, batch_size=64, lr=0.1, nesterov=True, weight_decay=4e-5, schedule="cosine",
-                         warmup_steps=20, dropout=0.1, flip=True, seed=0)
+settings = TrainSettings(epochs=2, batch_size=32, lr=0.05, nesterov=True, weight_decay=4e-5, schedule="cosine",
+                         warmup_steps=20, dropout=0.0, seed=0)
 trainer = Trainer(model, train_set, test_set, settings, processor)
 momenta = {f"{layer.name}.normalization.": layer.norm_momentum for layer in model.conv_layers()
            if layer.norm_eps is not None}
@@ -150,7 +150,7 @@ for row in history:
 accuracy = history[-1]["val_accuracy"]
 print(f"{trainer.step} steps in {seconds:.0f} s ({1e3 * seconds / trainer.step:.0f} ms per step); "
       f"held-out accuracy {accuracy:.1%}")
-assert accuracy >= (0.70 if REAL else 0.5), accuracy
+assert accuracy >= (0.65 if REAL else 0.5), accuracy
 
 # %%
 losses = np.array(trainer.step_log["loss"])
@@ -168,7 +168,7 @@ assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
 # ## What the momentum quirk does to eval accuracy
 #
 # With transformers' numbers, the last step leaves `running ≈ 0.997 · (last batch's statistic)`: the
-# network is evaluated with the statistics of 64 images. With TensorFlow's, they average the last few
+# network is evaluated with the statistics of 32 images. With TensorFlow's, they average the last few
 # hundred batches. We evaluate the same weights with both.
 
 # %%
