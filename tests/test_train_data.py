@@ -97,8 +97,8 @@ def test_csv_rows_labels_and_errors(tmp_path):
 
 def test_npz_arrays_and_errors(tmp_path):
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "u8.npz", x=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), y=np.array([0, 1, 2, 9]))
-    with pytest.raises(D.DataError, match=r"u8\.npz\[3\]: label 9 out of range, expected 0..2"):
+    np.savez(tmp_path / "u8.npz", x=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), y=np.array([0, 1, 2, 3]))
+    with pytest.raises(D.DataError, match=r"u8\.npz\[3\]: label 3 out of range, expected 0..2"):
         D.load_dataset(tmp_path / "u8.npz", processor(), num_labels=3)
     dataset = D.load_dataset(tmp_path / "u8.npz", processor(), num_labels=3, skip_bad=True)
     assert len(dataset) == 3 and dataset.skipped[0][0].endswith("u8.npz[3]")
