@@ -14,12 +14,14 @@
 # sorted into three coarse classes — animal (WordNet ids n01/n02), man-made object (n03/n04), food or
 # nature (the rest) — 60 photos to train, 40 to test. The test photos are of *other* fine classes than
 # the training photos (a robin in training, a quail in testing), so the network must generalise.
-# Network: Google's Keras MobileNet V1 0.25 (ImageNet, float32), imported with `weights_tools`, at 128 px.
+# Network: Google's Keras MobileNet V1 0.25 (ImageNet, float32), imported with `weights_tools`, at 96 px
+# (docs/training.md has the same three runs at 128 px on the command line).
 #
 # On the command line (docs/training.md):
 #
 #     mobilenet-np train --weights v1_025.h5 --freeze backbone --freeze batchnorm --train photos/train \
-#         --val photos/test --image-size 128 --epochs 15 --batch-size 10 --lr 0.05 --flip --out frozen/
+#         --val photos/test --image-size 128 --epochs 15 --batch-size 10 --lr 0.005 --flip --schedule cosine \
+#         --out frozen/
 
 # %%
 import time
@@ -39,7 +41,7 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 
 checkpoint = load_checkpoint("keras_mobilenet_v1_0.25_224")
 print(checkpoint.describe())
-SIZE = 128
+SIZE = 96
 processor = mobilenet_np.MobileNetV1ImageProcessor(size={"shortest_edge": SIZE},
                                                    crop_size={"height": SIZE, "width": SIZE})
 CLASSES = ["animal", "food_or_nature", "object"]
@@ -55,7 +57,7 @@ def photo_task():
     if folder is None or not folder.is_dir():
         return None
     paths = sorted(folder.iterdir())
-    images = np.stack([D.read_image(p, processor) for p in paths])      # (100, 3, 128, 128) uint8
+    images = np.stack([D.read_image(p, processor) for p in paths])      # (100, 3, 96, 96) uint8
     targets = np.array([coarse(p.name) for p in paths])
     rank = np.array([np.sum(targets[:i] == targets[i]) for i in range(len(paths))])   # index within its class
     test = np.isin(rank % 5, (1, 3))
@@ -95,13 +97,13 @@ plt.show()
 # ## Three runs
 #
 # `with_labels` gives the pretrained network a new head for our 3 classes (a random linear layer; every
-# other tensor kept). The settings differ only where they must: the frozen head learns fast (lr 0.05),
-# the full fine-tuning uses a smaller step (0.01) so it does not wash out what the backbone knows, and
+# other tensor kept). The settings differ only where they must: the frozen head learns with lr 0.005,
+# the full fine-tuning uses a smaller step (0.002) so it does not wash out what the backbone knows, and
 # the network from scratch trains in train mode (batch statistics, PyTorch's BatchNorm momentum 0.1).
 
 # %%
 def run(name, model, **options):
-    settings = TrainSettings(epochs=12, batch_size=10, flip=True, seed=0, **options)
+    settings = TrainSettings(epochs=8, batch_size=10, flip=True, schedule="cosine", seed=0, **options)
     trainer = Trainer(model, train_set, test_set, settings, processor)
     began = time.perf_counter()
     with threadpool_limits(limits=1):
@@ -112,10 +114,14 @@ def run(name, model, **options):
     return trainer
 
 
-pretrained = with_labels(checkpoint.model, CLASSES, seed=0)
-runs = {"frozen backbone": run("frozen backbone", pretrained, lr=0.05, freeze=("backbone", "batchnorm")),
-        "full fine-tuning": run("full fine-tuning", with_labels(checkpoint.model, CLASSES, seed=0), lr=0.01,
-                                freeze=("batchnorm",))}
+runs = {"frozen backbone": run("frozen backbone", with_labels(checkpoint.model, CLASSES, seed=0), lr=0.005,
+                               freeze=("backbone", "batchnorm"))}
+
+# %%
+runs["full fine-tuning"] = run("full fine-tuning", with_labels(checkpoint.model, CLASSES, seed=0), lr=0.002,
+                               freeze=("batchnorm",))
+
+# %%
 scratch = with_labels(checkpoint.model, CLASSES, seed=0)
 init_weights(scratch, seed=0)
 runs["from scratch"] = run("from scratch", scratch, lr=0.05, dropout=0.2, batch_norm_momentum=0.1)
@@ -129,12 +135,15 @@ ax.set(xlabel="epoch", ylabel="test accuracy", ylim=(0, 1.02), title="60 trainin
 ax.legend()
 plt.show()
 final = {name: trainer.history[-1]["val_accuracy"] for name, trainer in runs.items()}
-if REAL:   # ImageNet features transfer: both pretrained runs beat the network that starts from nothing
-    assert min(final["frozen backbone"], final["full fine-tuning"]) > final["from scratch"], final
+if REAL:   # ImageNet features transfer: a linear head on them beats the network that starts from nothing
+    assert final["frozen backbone"] > final["from scratch"], final
 assert all(0 <= a <= 1 for a in final.values())
 
 # %% [markdown]
 # With 60 photos, training from scratch can at best pick up colour statistics; the pretrained
-# features already separate animals from objects, so a linear head on them does most of the job, and
-# letting the backbone move helps only a little (or not at all) at this data size. Frozen-backbone runs
-# are also the cheapest: the backbone's weights never change, only the 771 numbers of the head do.
+# features already separate animals from objects, so a linear head on them does most of the job.
+# Letting the whole backbone move did *worse* here (docs/training.md: 80 % frozen vs 57.5 % full at
+# 128 px): 60 photos are few, the new head starts random (its large early gradients flow into the
+# backbone), and this Keras network has 21 "dead" channels whose running variance is ~0, which the
+# frozen BatchNorm divides by sqrt(eps) = 0.03, so small weight changes there are amplified 30x. The
+# usual remedies: train the head first, then fine-tune with a 10-100x smaller learning rate.
