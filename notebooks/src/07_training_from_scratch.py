@@ -31,7 +31,6 @@ from threadpoolctl import threadpool_limits
 
 import mobilenet_np
 from mobilenet_np.training import data as D
-from mobilenet_np.training import optim
 from mobilenet_np.training.loop import Trainer, TrainSettings, init_weights
 
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "font.size": 9})
@@ -81,9 +80,11 @@ plt.show()
 #
 # A batch goes through the image processor's float steps (`x / 255`, then `(x - 0.5) / 0.5`), grey
 # repeated to 3 channels. `model.train()` switches BatchNorm to batch statistics; `loss_and_gradients`
-# runs forward and backward; `SGD.step` applies `b = μ b + g; w -= lr b` to every weight in place.
-# Repeating the step on the same batch must lower its loss: the smallest test that a gradient points
-# the right way.
+# runs forward and backward. The gradient g is the direction of steepest ascent: a small step
+# `w -= ε g` must lower the loss by about `ε · Σ g²` (first order), and the smaller ε, the better that
+# prediction. We check it in float64 on a fresh network — and see how quickly it fails for larger
+# steps: at initialisation the loss surface is sharply curved (the stem's weights carry most of the
+# gradient), which is why runs start with a small learning rate and warm it up.
 
 # %%
 config = mobilenet_np.MobileNetV2Config(depth_multiplier=0.35, image_size=SIZE, num_labels=10,
@@ -92,20 +93,23 @@ model = mobilenet_np.MobileNetV2ForImageClassification(config, seed=None)
 init_weights(model, seed=0)          # He-normal convolutions, BatchNorm 1 / 0, classifier N(0, 0.01)
 print(f"{model.num_parameters():,} parameters")
 
-x = D.pixel_values(train_set.images[:32], processor, 3)               # (32, 3, 32, 32) float32
+x = D.pixel_values(train_set.images[:32], processor, 3, np.float64)   # (32, 3, 32, 32)
 y = train_set.targets[:32]
-probe = mobilenet_np.MobileNetV2ForImageClassification(config, seed=None)
-probe.params.update({k: v.copy() for k, v in model.params.items()})
-probe.train(seed=0, dropout=0.0)
-optimizer = optim.SGD(probe.trainable_parameters(), lr=0.05, momentum=0.9,
-                      on_update=lambda names: probe.params.mark_changed())
-losses = []
-for _ in range(5):
-    loss, grads = probe.loss_and_gradients(x, y)
-    optimizer.step(grads)
-    losses.append(float(loss))
-print("loss on the same batch, step by step:", np.round(losses, 4))
-assert losses[-1] < losses[0]
+probe = model.astype(np.float64).train(seed=0, dropout=0.0)
+loss, grads = probe.loss_and_gradients(x, y)
+squared = sum(float(np.sum(g ** 2)) for g in grads.values())
+print(f"loss {float(loss):.4f}, |g|^2 = {squared:.1f}; largest share: "
+      f"{max(grads, key=lambda k: np.sum(grads[k] ** 2))}")
+ratios = {}
+for eps in (1e-4, 1e-5, 1e-6, 1e-7):
+    stepped = model.astype(np.float64).train(seed=0, dropout=0.0)
+    for name, g in grads.items():
+        stepped.params[name] = stepped.params[name] - eps * g
+    actual = float(loss) - float(stepped(x, labels=y).loss)
+    ratios[eps] = actual / (eps * squared)
+    print(f"eps {eps:.0e}: loss went down by {actual:.3e}, first order predicts {eps * squared:.3e} "
+          f"(ratio {ratios[eps]:.3f})")
+assert 0.9 < ratios[1e-7] < 1.1 and abs(ratios[1e-7] - 1) < abs(ratios[1e-4] - 1)
 
 # %% [markdown]
 # ## A short run
