@@ -113,3 +113,29 @@ def test_help_lists_the_options(capsys):
     for option in ("--arch", "--weights", "--resume", "--freeze", "--optimizer", "--schedule", "--ema", "--skip-bad",
                    "--bn-momentum", "--checkpoint-every"):
         assert option in out
+
+
+def test_segmentation_from_image_and_mask_folders(capsys, tmp_path):
+    """DeepLabV3 on an images/ + masks/ folder; `mobilenet-np segment` takes the result."""
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for i in range(8):
+        image, mask = rng.integers(0, 255, (40, 44, 3), dtype=np.uint8), np.zeros((40, 44), np.uint8)
+        mask[10:30, 5:25] = 1 + i % 2
+        mask[0] = 255                                            # ignored pixels
+        image[mask == 1], image[mask == 2] = (250, 0, 0), (0, 0, 250)
+        Image.fromarray(image).save(tmp_path / "data" / "images" / f"{i}.png")
+        Image.fromarray(mask, "L").save(tmp_path / "data" / "masks" / f"{i}.png")
+    status, out, err = train(capsys, "--arch", "deeplabv3_mobilenet_v2", "--depth-multiplier", "0.25", "--image-size",
+                             "32", "--train", tmp_path / "data", "--val-fraction", "0.25", "--epochs", "2",
+                             "--batch-size", "3", "--lr", "0.01", "--dropout", "0", "--flip", "--crop-padding", "2",
+                             "--out", tmp_path / "run", "--no-progress", "--json")
+    assert status == 0, err
+    row = json.loads(out)["epochs"][-1]
+    assert {"val_accuracy", "val_mean_iou"} <= set(row)
+    assert mobilenet_np.load(tmp_path / "run" / "model.h5").config.num_labels == 3
+    assert main(["segment", str(tmp_path / "data" / "images" / "0.png"),
+                 "--weights", str(tmp_path / "run" / "model.h5"),
+                 "--out", str(tmp_path / "mask.png"), "--json"]) == 0
+    assert (tmp_path / "mask.png").is_file()
