@@ -280,3 +280,20 @@ def test_settings_are_checked():
     model.freeze("")                                       # every name starts with ""
     with pytest.raises(mobilenet_np.ConfigError, match="nothing to train"):
         Trainer(model, random_dataset(8), None, TrainSettings(epochs=1, batch_size=4, lr=0.1), processor())
+
+
+def test_batches_follow_each_epochs_order():
+    """Batch b of epoch e holds the items of data.batch_indices(N, B, e, seed)[b] (a new order every epoch)."""
+    train = random_dataset(12, seed=4)
+    trainer = Trainer(small_classifier(), train, None, TrainSettings(epochs=2, batch_size=4, lr=0.1, seed=3),
+                      processor())
+    seen = []
+    for epoch in range(2):
+        for b in range(3):
+            x, targets = trainer.batch(epoch, b)
+            indices = D.batch_indices(12, 4, epoch, 3)[b]
+            assert np.array_equal(x, D.pixel_values(train.images[indices], processor(), 3))
+            assert np.array_equal(targets, train.targets[indices])
+            seen.append(indices)
+    assert sorted(np.concatenate(seen[:3])) == list(range(12))
+    assert not np.array_equal(np.concatenate(seen[:3]), np.concatenate(seen[3:]))
