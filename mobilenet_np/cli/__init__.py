@@ -14,7 +14,7 @@ import sys
 from ..commandline import build_parser, run_command
 
 # Subcommand modules of mobilenet-np, in the order `--help` lists them.
-SUBCOMMANDS = ["classify", "segment", "summary", "golden", "compare", "evaluate"]
+SUBCOMMANDS = ["classify", "segment", "summary", "golden", "compare", "evaluate", "train"]
 
 
 def main(argv: list[str] | None = None) -> int:
