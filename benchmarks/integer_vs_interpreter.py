@@ -276,7 +276,10 @@ def per_op_table(reports: dict) -> str:
         def cell(t):
             if t["differ"] == 0:
                 return "0"
-            return f"{100 * t['differ'] / t['elements']:.3f} % (max {t['max_diff']})"
+            share = 100 * t["differ"] / t["elements"]
+            if share < 0.01:
+                return f"{t['differ']} of {t['elements']:,} (max {t['max_diff']})"
+            return f"{share:.3f} % (max {t['max_diff']})"
         for cls, by in sorted(totals.items()):
             lines.append(f"| {name} | {cls} | {by['AUTO']['ops']} | {cell(by['AUTO'])} | {cell(by['NO_DELEGATE'])} | "
                          f"{cell(by['REF'])} |")
