@@ -448,7 +448,8 @@ plt.show()
 # dequantized, in float32) and the integer network on the ImageNet sample photos in `../shared/data`
 # (one photo each of 100 classes, named by WordNet synset; sorted synsets are the class order, and the
 # 1001-class TFLite models put "background" first). To keep the notebook fast we take every
-# `PHOTO_STRIDE`-th photo; set it to 1 for all 100 (docs/integer.md quotes that run).
+# `PHOTO_STRIDE`-th photo; set it to 1 for all 100 (or run `benchmarks/integer_accuracy.py`, whose
+# figures docs/integer.md quotes: top-1 90 % float, 91 % integer, 98 % agreement on the 100 photos).
 
 # %%
 PHOTO_STRIDE = 5
