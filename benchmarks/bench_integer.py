@@ -4,6 +4,9 @@
     python benchmarks/bench_integer.py --networks mobilenet_v2_224 --rounds 5                 # a quick look
 
 (As for benchmarks/bench.py: unset OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for this command only.)
+On a 2-core machine shared with other jobs, use --threads 1 as well: with 2 threads, an engine whose
+threads wait for each other (OpenBLAS, ruy, XNNPACK) runs several times slower while another process
+holds a core (measured here: the integer path 150-200 ms alone, ~700 ms beside one busy process).
 
 The networks are the real uint8 files in ../shared/data: MobileNetV2 1.0-224 and DeepLabV3-MobileNetV2
 513 (output stride 16). Each file is imported twice with weights_tools: `--quantized` (the integer
@@ -21,7 +24,8 @@ integer path's GEMMs), the interpreter's num_threads, the fast path's EngineSett
 engines are timed interleaved with their order rotated every round (bench.time_interleaved), after
 warm-up runs; the table gives the median and quartiles of >= 5 runs each. The interpreters read the
 input codes with set_tensor inside the timed call, the integer path takes the same codes, the float
-path the float pixel values. Prints a table and writes benchmarks/results/<machine>_integer.json.
+path the float pixel values. Prints a table and writes
+benchmarks/results/<machine>_integer_<threads>threads.json.
 """
 
 from __future__ import annotations
@@ -117,7 +121,8 @@ def main(argv=None) -> int:
     parser.add_argument("--wait-quiet", type=float, metavar="LOAD",
                         help="first wait (up to --wait-max seconds) until the 1-minute load average is below LOAD")
     parser.add_argument("--wait-max", type=float, default=1800.0)
-    parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/<machine>_integer.json)")
+    parser.add_argument("--output", type=Path,
+                        help="JSON file (default benchmarks/results/<machine>_integer_<threads>threads.json)")
     parser.add_argument("--force", action="store_true", help="replace an existing JSON file")
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 5:
@@ -133,7 +138,7 @@ def main(argv=None) -> int:
     except ImportError:
         print("ai-edge-litert is not installed: timing the NumPy engines only", file=sys.stderr)
         args.engines = [e for e in args.engines if not e.startswith("litert")]
-    output = args.output or ROOT / "benchmarks" / "results" / f"{machine_slug(info)}_integer.json"
+    output = args.output or ROOT / "benchmarks" / "results" / f"{machine_slug(info)}_integer_{args.threads}threads.json"
     if output.exists() and not args.force:
         print(f"{output} exists already (pass --force to replace it)", file=sys.stderr)
         return 2
