@@ -507,8 +507,8 @@ plt.show()
 # %% [markdown]
 # The integer logits differ from the float ones by several codes: the float import does not emulate
 # the rounding of every intermediate tensor to 8 bits, it computes with the dequantized weights in
-# float32. The top-1 class mostly survives that, and accuracy hardly changes — the point of the
-# quantization-aware training behind the file.
+# float32. The top-1 class mostly survives that, and accuracy hardly changes: the network was trained
+# to tolerate 8-bit rounding (Google's `_quant` files come from quantization-aware training).
 #
 # ## 7 · The judge: the LiteRT interpreter's reference kernels
 #
