@@ -16,7 +16,9 @@ and the int8 TFLite fixtures in tests/fixtures/tflite) it imports the integer ne
 * op by op on identical inputs: each op of the AUTO / no-delegate interpreter is recomputed with
   mobilenet_np's reference kernels on that interpreter's own input tensors and compared with its output
   (so a difference belongs to that op alone, not to the ops before it): share of differing codes per
-  op class (op and fused activation) and the largest difference.
+  op class (op and fused activation) and the largest difference. Convolutions are also recomputed with
+  the `rounding="ruy_upward"` teaching switch (ties upward in both rounding steps, the optimized
+  kernels' rounding): `differ_from_ruy_upward` counts the codes that this model fails to explain.
 
 Prints tables and writes benchmarks/results/<machine>_interpreters.json.
 """
@@ -94,6 +96,7 @@ class OpRunner:
             for index in q.source:
                 self.record_of.setdefault(int(index), name)
         self.layers = {layer.name: layer for layer in model.conv_layers()}
+        self.ruy = None         # the last conv op recomputed with rounding="ruy_upward"
 
     def params(self, it: Interpreter, index: int) -> QuantParams:
         """The (per-tensor) scale and zero point the interpreter holds for tensor `index`."""
@@ -130,6 +133,9 @@ class OpRunner:
             x = inputs[0]
             ours = fn(x, weight, bias, p(0), w_params, y_params, stride=stride, padding=options["padding"],
                       dilation=dilation, activation=activation)
+            # The optimized kernels' rounding (ties upward in both steps), to explain their differences.
+            self.ruy = fn(x, weight, bias, p(0), w_params, y_params, stride=stride, padding=options["padding"],
+                          dilation=dilation, activation=activation, rounding="ruy_upward").reshape(theirs.shape)
             return f"{kind} {activation}", ours.reshape(theirs.shape), theirs
         if kind == "FULLY_CONNECTED":
             weight, bias, w_params, _, _ = self.conv_parts(name)
@@ -177,6 +183,9 @@ class OpRunner:
             cls, ours, theirs = result
             diff = np.abs(ours.astype(np.int64) - theirs.astype(np.int64))
             c = classes[cls]
+            if self.ruy is not None:
+                c["differ_from_ruy_upward"] = c.get("differ_from_ruy_upward", 0) + int((self.ruy != theirs).sum())
+                self.ruy = None
             c["ops"] += 1
             c["elements"] += int(diff.size)
             c["differ"] += int((diff > 0).sum())

@@ -3,7 +3,8 @@
 * every tensor mobilenet_np records equals the interpreter's BUILTIN_REF tensor (0 LSB);
 * the op-by-op recomputation finds 0 differences on BUILTIN_REF (a check of the check: each op's
   dispatch to mobilenet_np's kernels is right), and at most 1 LSB on the AUTO / no-delegate interpreters,
-  with nonzero differences on AUTO's ReLU6 convs (so the comparison does compare);
+  with nonzero differences on AUTO's ReLU6 convs (so the comparison does compare); the no-delegate
+  convs are reproduced exactly by the ties-upward rounding;
 * a planted 1-code change in an interpreter tensor is found by the op-by-op comparison.
 """
 
@@ -53,6 +54,11 @@ def test_op_by_op_comparison(report):
         assert not entry[resolver]["preserve_all_tensors_changes_output"]
     assert entry["AUTO"]["per_op"]["CONV_2D relu6"]["differ"] > 0                # XNNPACK's float requantization
     assert entry["NO_DELEGATE"]["per_op"]["CONV_2D relu6"]["differ"] == 0         # ties-up: clamped away
+    # The optimized kernels' convs differ on the linear layers only, and the ties-upward rounding
+    # (rounding="ruy_upward") reproduces every one of their codes.
+    no_delegate = entry["NO_DELEGATE"]["per_op"]
+    assert no_delegate["CONV_2D none"]["differ"] > 0
+    assert all(c["differ_from_ruy_upward"] == 0 for cls, c in no_delegate.items() if "CONV" in cls)
 
 
 def test_planted_difference_is_found(measure, tmp_path):
