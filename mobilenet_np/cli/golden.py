@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                                      "integer" if integer else args.dtype, input_info, golden.library_versions())
     if integer:     # the codes' scales and zero points, so that `compare` can dequantize them (docs/golden_format.md)
         attrs["quantization"] = {name: {"scale": q.scale.tolist(), "zero_point": q.zero_point.tolist(), "axis": q.axis}
-                                 for name, q in model.quantization.items()}
+                                 for name, q in model.recorded_quantization().items()}
     with golden.GoldenWriter(out, attrs, args.file_format, overwrite=args.force, compression=args.compression,
                              layers=args.layers) as record:
         runnable = model if integer else model.astype(dtype)  # an integer network computes in its own codes

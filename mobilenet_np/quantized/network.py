@@ -275,6 +275,15 @@ class QuantizedModel:
         return codes
 
     # -- running ----------------------------------------------------------------------------------------
+    def recorded_quantization(self) -> dict[str, TensorQuantization]:
+        """The quantization of every tensor `record` receives: the records, plus each block without a residual
+        ADD under its own name (its codes are its last conv's)."""
+        table = dict(self.quantization)
+        for unit in self.graph.units:
+            if isinstance(unit, InvertedResidual) and unit.name not in table:
+                table[unit.name] = table[unit.reduce_1x1.name]
+        return table
+
     def __call__(self, pixel_values, record: Recorder | None = None):
         """Run the integer network on (N, C, H, W) float pixel values or integer codes of the input's dtype.
 
