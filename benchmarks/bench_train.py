@@ -40,8 +40,8 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from mobilenet_np.image_processing import MobileNetV2ImageProcessor  # noqa: E402
 from mobilenet_np.training import backward as B  # noqa: E402
-from mobilenet_np.training import data as D  # noqa: E402
-from mobilenet_np.training.loop import Trainer, TrainSettings  # noqa: E402
+from mobilenet_np.trainer import data as D  # noqa: E402
+from mobilenet_np.trainer.loop import Trainer, TrainSettings  # noqa: E402
 from torch_reference import numpy_twin, random_transformers_model  # noqa: E402
 
 CASES = {

@@ -25,8 +25,8 @@ RANKS = {
     "mobilenet_np.configuration_utils": 3,   # from_pretrained reads the formats
     "mobilenet_np.networks": 4, "mobilenet_np.image_processing": 4, "mobilenet_np.summary": 4,
     "mobilenet_np.auto": 5, "mobilenet_np.pipelines": 5, "mobilenet_np.commandline": 5,
-    "mobilenet_np.training.data": 5,     # datasets read through the image processors (rank 4)
-    "mobilenet_np.evaluation": 6, "mobilenet_np.training.loop": 6,   # the loop builds networks, scores like evaluate
+    "mobilenet_np.evaluation": 6,
+    "mobilenet_np.trainer": 6,           # datasets through the image processors, the loop builds networks
     "mobilenet_np": 7, "mobilenet_np.__main__": 9,
     "weights_tools": 8,
     "mobilenet_np.cli": 9,

@@ -14,7 +14,7 @@ from hypothesis import given, strategies as st
 from PIL import Image
 
 from mobilenet_np.image_processing import MobileNetV1ImageProcessor, MobileNetV2ImageProcessor
-from mobilenet_np.training import data as D
+from mobilenet_np.trainer import data as D
 
 
 def processor(size=32, cls=MobileNetV2ImageProcessor):

@@ -19,8 +19,8 @@ import torch
 
 import mobilenet_np
 from mobilenet_np.image_processing import MobileNetV2ImageProcessor
-from mobilenet_np.training import data as D
-from mobilenet_np.training.loop import Trainer, TrainSettings, init_weights, with_labels
+from mobilenet_np.trainer import data as D
+from mobilenet_np.trainer.loop import Trainer, TrainSettings, init_weights, with_labels
 
 from torch_reference import numpy_twin, random_transformers_model
 

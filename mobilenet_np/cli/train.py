@@ -1,4 +1,4 @@
-"""`mobilenet-np train`: train or fine-tune a network on a dataset (mobilenet_np/training/loop.py).
+"""`mobilenet-np train`: train or fine-tune a network on a dataset (mobilenet_np/trainer/loop.py).
 
     mobilenet-np train --arch mobilenet_v2 --depth-multiplier 0.35 --image-size 32 \\
         --train /usr/share/datasets/fashion-mnist/train --val /usr/share/datasets/fashion-mnist/t10k \\
@@ -9,7 +9,7 @@
 
 The network comes from --arch (and its options, fresh weights), --config (a config.json) or
 --weights (a pretrained file: its head is replaced when the dataset has other classes). The
-dataset kinds are those of training/data.py (class folders, image/mask folders, .csv, .npz, IDX).
+dataset kinds are those of trainer/data.py (class folders, image/mask folders, .csv, .npz, IDX).
 --out DIR receives model.h5 (a normal weights file: classify, segment, pipelines and
 `python -m weights_tools export` take it), model_ema.h5 with --ema, checkpoint.npz (every
 --checkpoint-every steps and at the end), log.csv, log.json and curves.png (updated every epoch).
@@ -29,8 +29,8 @@ from ..configuration_utils import image_size_pair
 from ..errors import ConfigError, OutputExistsError
 from ..image_processing import image_processor_class
 from ..networks import load, model_class
-from ..training import data as D
-from ..training.loop import FREEZE, OPTIMIZERS, SCHEDULES, Trainer, TrainSettings, init_weights, with_labels
+from ..trainer import data as D
+from ..trainer.loop import FREEZE, OPTIMIZERS, SCHEDULES, Trainer, TrainSettings, init_weights, with_labels
 from .summary import ARCH_OPTIONS, ARCHITECTURES, parse_image_size
 
 try:  # optional: the progress bar

@@ -30,8 +30,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import mobilenet_np
-from mobilenet_np.training import data as D
-from mobilenet_np.training.loop import Trainer, TrainSettings, init_weights
+from mobilenet_np.trainer import data as D
+from mobilenet_np.trainer.loop import Trainer, TrainSettings, init_weights
 
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "font.size": 9})
 warnings.filterwarnings("ignore", message="IProgress not found")

@@ -32,8 +32,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import mobilenet_np
-from mobilenet_np.training import data as D
-from mobilenet_np.training.loop import Trainer, TrainSettings, init_weights, with_labels
+from mobilenet_np.trainer import data as D
+from mobilenet_np.trainer.loop import Trainer, TrainSettings, init_weights, with_labels
 from notebook_data import load_checkpoint, shared_data
 
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "font.size": 9})

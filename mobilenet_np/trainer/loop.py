@@ -13,7 +13,7 @@ One training step (`train_step`) is
                              -> optimizer.step(grads) (training/optim.py), schedule.step(), ema.apply()
 
 Nothing is drawn from a global random state: the data order and augmentation come from counters
-(training/data.py), dropout from the model's generator (`model.mode.rng`), whose state the checkpoint
+(trainer/data.py), dropout from the model's generator (`model.mode.rng`), whose state the checkpoint
 keeps. So a run stopped after step k and resumed from its checkpoint computes the same numbers as
 the run that never stopped (tests/test_train_loop.py checks it bit for bit).
 
@@ -42,9 +42,9 @@ from ..evaluation.metrics import confusion_matrix, segmentation_scores
 from ..fileio import atomic_output
 from ..image_processing import image_processor_class
 from ..networks import model_class
+from ..training import graph as training_graph
+from ..training import optim
 from . import data as D
-from . import graph as training_graph
-from . import optim
 
 try:  # optional: the curves' plot (the `train` extra)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
