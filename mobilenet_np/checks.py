@@ -37,3 +37,22 @@ def numeric_array(x, op: str, name: str, ndim: int | None = None) -> np.ndarray:
     if ndim is not None and x.ndim != ndim:
         raise ShapeError(f"{op}: {name} must have {ndim} dimensions, got shape {x.shape}")
     return x
+
+
+def conv_bias(bias, op: str, c_out: int, weight_shape) -> np.ndarray | None:
+    """A convolution's bias: None, or a (C_out,) numeric vector."""
+    if bias is None:
+        return None
+    bias = numeric_array(bias, op, "bias", ndim=1)
+    if bias.shape[0] != c_out:
+        raise ShapeError(f"{op}: bias {bias.shape} must have out_channels={c_out} entries (weight {tuple(weight_shape)})")
+    return bias
+
+
+def stride_and_dilation(stride, dilation, op: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((sh, sw), (dh, dw)) from ints or pairs, all positive."""
+    sh, sw = pair(stride, op, "stride")
+    dh, dw = pair(dilation, op, "dilation")
+    if min(sh, sw) < 1 or min(dh, dw) < 1:
+        raise ShapeError(f"{op}: stride and dilation must be positive, got stride={stride}, dilation={dilation}")
+    return (sh, sw), (dh, dw)

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from .checks import float_dtype, numeric_array, pair
+from .checks import conv_bias, float_dtype, numeric_array, pair, stride_and_dilation
 from .errors import ShapeError
 
 __all__ = [
@@ -128,14 +128,8 @@ def _conv_arguments(x, weight, bias, stride, padding, dilation, groups, op):
     if c_per_group * groups != c_in:
         raise ShapeError(f"{op}: channel mismatch: x {x.shape} has {c_in} channels but weight {weight.shape} "
                          f"expects {c_per_group} x groups={groups} = {c_per_group * groups}")
-    if bias is not None:
-        bias = numeric_array(bias, op, "bias", ndim=1)
-        if bias.shape[0] != c_out:
-            raise ShapeError(f"{op}: bias {bias.shape} must have out_channels={c_out} entries (weight {weight.shape})")
-    sh, sw = pair(stride, op, "stride")
-    dh, dw = pair(dilation, op, "dilation")
-    if min(sh, sw) < 1 or min(dh, dw) < 1:
-        raise ShapeError(f"{op}: stride and dilation must be positive, got stride={stride}, dilation={dilation}")
+    bias = conv_bias(bias, op, c_out, weight.shape)
+    (sh, sw), (dh, dw) = stride_and_dilation(stride, dilation, op)
 
     if isinstance(padding, str):
         if padding == "valid":

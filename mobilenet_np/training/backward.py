@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import ops
-from ..checks import float_dtype, numeric_array, pair
+from ..checks import conv_bias, float_dtype, numeric_array, pair, stride_and_dilation
 from ..errors import ConfigError, ShapeError
 
 __all__ = [
@@ -114,14 +114,8 @@ def _conv_arguments(x, weight, bias, stride, padding, dilation, op, kind):
         raise ShapeError(f"{op}: weight must be 1x1 (C_out, C_in, 1, 1), got {weight.shape}")
     if min(kh, kw) < 1:
         raise ShapeError(f"{op}: weight {weight.shape} has an empty kernel")
-    if bias is not None:
-        bias = numeric_array(bias, op, "bias", ndim=1)
-        if bias.shape[0] != c_out:
-            raise ShapeError(f"{op}: bias {bias.shape} must have out_channels={c_out} entries (weight {weight.shape})")
-    sh, sw = pair(stride, op, "stride")
-    dh, dw = pair(dilation, op, "dilation")
-    if min(sh, sw) < 1 or min(dh, dw) < 1:
-        raise ShapeError(f"{op}: stride and dilation must be positive, got stride={stride}, dilation={dilation}")
+    bias = conv_bias(bias, op, c_out, weight.shape)
+    (sh, sw), (dh, dw) = stride_and_dilation(stride, dilation, op)
     if isinstance(padding, str):
         if padding == "valid":
             pads = (0, 0, 0, 0)
