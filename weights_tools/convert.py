@@ -27,39 +27,18 @@ import mobilenet_np
 from mobilenet_np import networks
 from mobilenet_np.errors import ConfigError, ConversionError, WeightsError
 from mobilenet_np.fileio import file_sha256
+from mobilenet_np.formats.transformers_checkpoint import checkpoint_architecture
 from mobilenet_np.formats.weights import save_weights
-from mobilenet_np.registry import ARCHITECTURES
 
 from . import __version__
 from .checkpoints import CONFIG_NAME, Checkpoint, read_checkpoint, resolve_source
 
 # transformers model_type -> the prefix of its class names
-MODEL_TYPES = {"mobilenet_v1": "MobileNetV1", "mobilenet_v2": "MobileNetV2"}
 
 
 def architecture_of(checkpoint: Checkpoint) -> str:
     """The transformers class a checkpoint holds: from config.json's "architectures", else from its keys."""
-    config_path = checkpoint.folder / CONFIG_NAME
-    named = checkpoint.config.get("architectures") or []
-    if isinstance(named, str):
-        named = [named]
-    for name in named:
-        if name in ARCHITECTURES:
-            return name
-    if named:
-        raise ConversionError(f"{config_path}: architectures {named} are not supported "
-                              f"(expected one of {sorted(ARCHITECTURES)})")
-    model_type = checkpoint.config.get("model_type")
-    if model_type not in MODEL_TYPES:
-        raise ConversionError(f"{config_path}: model_type {model_type!r} is not supported "
-                              f"(expected one of {sorted(MODEL_TYPES)})")
-    # No "architectures" entry (hand-written configs): the head's tensors tell which model it is.
-    family = MODEL_TYPES[model_type]
-    if family == "MobileNetV2" and any(k.startswith("segmentation_head.") for k in checkpoint.tensors):
-        return "MobileNetV2ForSemanticSegmentation"
-    if any(k.startswith(model_type + ".") for k in checkpoint.tensors):
-        return family + "ForImageClassification"
-    return family + "Model"
+    return checkpoint_architecture(checkpoint.config, checkpoint.tensors, checkpoint.folder / CONFIG_NAME)
 
 
 def checked_model(checkpoint: Checkpoint, architecture: str):
