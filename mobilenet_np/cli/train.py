@@ -106,6 +106,9 @@ def register(subparsers) -> None:
     run.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                      help="write checkpoint.npz every STEPS steps (default 0: only at the end)")
     run.add_argument("--eval-batch-size", type=int, default=256)
+    run.add_argument("--readable-kernels", dest="channels_last", action="store_false",
+                     help="compute with training/backward.py's readable NCHW kernels instead of the channels-last "
+                          "ones (the same numbers up to float rounding, ~3x slower)")
     run.add_argument("--blas-threads", type=int, default=1, help="BLAS threads during training (default 1: fastest "
                      "for small batches)")
     run.add_argument("--stop-after", type=int, metavar="STEP", help="stop after this step (a checkpoint is written); "
@@ -119,7 +122,7 @@ def register(subparsers) -> None:
 SETTING_FLAGS = ["epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "rmsprop_decay", "eps",
                  "weight_decay", "decay_groups", "schedule", "warmup_steps", "warmup_factor", "step_epochs", "gamma",
                  "min_lr", "batch_norm_momentum", "dropout", "freeze", "crop_padding", "flip", "seed", "dtype",
-                 "checkpoint_every", "eval_batch_size"]
+                 "checkpoint_every", "eval_batch_size", "channels_last"]
 
 
 def settings_from(args) -> TrainSettings:

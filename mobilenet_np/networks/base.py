@@ -135,7 +135,8 @@ class PreTrainedModel:
         module path. In eval mode (the default), without `record`, the fast engine (mobilenet_np/fast/: the
         same layers, BatchNorm folded, channels-last) computes it, unless `fast=False` or `self.reference`
         asks for `forward`, the readable path. In train mode (`train()`), the training path runs the
-        network's graph with batch statistics and dropout (mobilenet_np/training/graph.py).
+        network's graph with batch statistics and dropout (mobilenet_np/training/graph.py), on the
+        channels-last kernels unless `fast=False` or `self.reference`.
         """
         torch = _torch_module_of(pixel_values)
         if torch is not None:
@@ -145,7 +146,8 @@ class PreTrainedModel:
         pixel_values = self._checked_input(pixel_values, labels)
         if self.training:
             result, _ = training_graph.forward(self.graph(), self.params, pixel_values, self.mode,
-                                               output_hidden_states, record or no_record)
+                                               output_hidden_states, record or no_record,
+                                               channels_last=not self.reference if fast is None else fast)
             outputs = self.outputs_from(result, output_hidden_states)
         elif record is None and (not self.reference if fast is None else fast):
             result = self.plans.run(self.graph(), self.params, pixel_values, output_hidden_states, self.engine)
@@ -219,15 +221,19 @@ class PreTrainedModel:
         """(loss, d loss / d logits): transformers' loss of this head (each head says)."""
         raise NotImplementedError
 
-    def loss_and_gradients(self, pixel_values, labels, input_gradient: bool = False
+    def loss_and_gradients(self, pixel_values, labels, input_gradient: bool = False, *, fast: bool | None = None
                            ) -> tuple[Any, dict[str, np.ndarray]]:
         """The loss on a batch and its gradient for every trainable tensor, keyed by state_dict name.
 
         Runs in the model's current mode (train: batch statistics, running statistics updated, dropout;
         eval: running statistics). `input_gradient` adds "pixel_values": d loss / d input. float64
-        weights and input give float64 gradients; in float32 the reductions accumulate in float64."""
+        weights and input give float64 gradients. `fast` (default: unless `self.reference`) runs the
+        channels-last kernels (training/channels_last.py); `fast=False` the readable ones of
+        training/backward.py, whose float32 reductions accumulate in float64."""
         pixel_values = self._checked_input(pixel_values, labels)
-        result, tape = training_graph.forward(self.graph(), self.params, pixel_values, self.mode)
+        channels_last = not self.reference if fast is None else fast
+        result, tape = training_graph.forward(self.graph(), self.params, pixel_values, self.mode,
+                                              channels_last=channels_last)
         loss, dlogits = self.loss_from(self.outputs_from(result, False), labels)
         grads = training_graph.backward(tape, dlogits, input_gradient)
         trainable = self.trainable_parameters()

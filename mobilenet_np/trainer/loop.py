@@ -76,6 +76,7 @@ class TrainSettings:
     freeze: any of "backbone", "batchnorm" (see the module docstring).
     crop_padding, flip: augmentation (data.Augmentation). shuffle: a new order every epoch.
     dtype: "float32" or "float64" (the golden path). checkpoint_every: steps between checkpoints (0: none).
+    channels_last: the fast kernels (training/channels_last.py) rather than backward.py's readable ones.
     """
 
     epochs: int
@@ -105,6 +106,7 @@ class TrainSettings:
     dtype: str = "float32"
     checkpoint_every: int = 0
     eval_batch_size: int = 256
+    channels_last: bool = True
 
     def __post_init__(self):
         self.freeze = tuple(self.freeze)
@@ -311,7 +313,8 @@ class Trainer:
         """One optimizer step on a batch; returns {"loss", "accuracy", "lr"} (the lr this step used)."""
         model = self.model
         x = model._checked_input(x, targets)
-        result, tape = training_graph.forward(model.graph(), model.params, x, model.mode)
+        result, tape = training_graph.forward(model.graph(), model.params, x, model.mode,
+                                             channels_last=self.settings.channels_last)
         outputs = model.outputs_from(result, False)
         loss, dlogits = model.loss_from(outputs, targets)
         grads = training_graph.backward(tape, dlogits)

@@ -94,7 +94,7 @@ class ConvGeometry:
     out_size: tuple[int, int]
 
 
-def _conv_arguments(x, weight, bias, stride, padding, dilation, op, kind):
+def conv_arguments(x, weight, bias, stride, padding, dilation, op, kind):
     """Validate a convolution's arguments; return x, weight, bias in the working dtype and the geometry.
 
     kind: "general" (weight (C_out, C_in, kH, kW)), "depthwise" (weight (C, 1, kH, kW)) or
@@ -140,6 +140,11 @@ def _conv_arguments(x, weight, bias, stride, padding, dilation, op, kind):
             None if bias is None else bias.astype(dtype, copy=False), geometry)
 
 
+def spatial_size(x: np.ndarray) -> tuple[int, int]:
+    """(H, W) of an (N, C, H, W) tensor."""
+    return x.shape[-2:]
+
+
 def _pad(x, pads):
     top, bottom, left, right = pads
     return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))) if any(pads) else x
@@ -159,7 +164,7 @@ def _tap(a, i, j, geometry):
 
 
 def _conv_forward(x, weight, bias, stride, padding, dilation, op, kind):
-    x, weight, bias, geometry = _conv_arguments(x, weight, bias, stride, padding, dilation, op, kind)
+    x, weight, bias, geometry = conv_arguments(x, weight, bias, stride, padding, dilation, op, kind)
     x_padded = _pad(x, geometry.pads)
     groups = x.shape[1] if kind == "depthwise" else 1
     out = ops.conv2d(x_padded, weight, bias, geometry.stride, 0, geometry.dilation, groups)

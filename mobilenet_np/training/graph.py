@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..layers import ConvLayer, Dropout, Graph, ImagePoolingASPP, InvertedResidual, Recorder, no_record
 from . import backward as B
+from . import channels_last as CL
 
 
 @dataclasses.dataclass
@@ -84,7 +85,7 @@ class Tape:
 # one unit each: forward (returns output and cache) and backward (returns the input's gradient)
 # --------------------------------------------------------------------------------------------------
 
-def conv_layer_forward(layer: ConvLayer, x, params, mode: Mode, record: Recorder):
+def conv_layer_forward(layer: ConvLayer, x, params, mode: Mode, record: Recorder, K=B):
     """[TF "SAME" pad] -> conv -> [BatchNorm] -> [activation], as ConvLayer.__call__, keeping the caches.
 
     In train mode the BatchNorm's running statistics are replaced in `params` (new arrays) and its
@@ -93,34 +94,34 @@ def conv_layer_forward(layer: ConvLayer, x, params, mode: Mode, record: Recorder
     weight, bias = params[f"{name}.convolution.weight"], params.get(f"{name}.convolution.bias")
     padding = "tf_same" if layer.tf_padding else (k - 1) // 2 * d
     if layer.kind == "depthwise" and layer.out_channels == layer.in_channels:
-        conv = (B.depthwise_conv2d_forward, B.depthwise_conv2d_backward)
+        conv = (K.depthwise_conv2d_forward, K.depthwise_conv2d_backward)
     elif layer.kind == "pointwise":
-        conv = (B.pointwise_conv2d_forward, B.pointwise_conv2d_backward)
+        conv = (K.pointwise_conv2d_forward, K.pointwise_conv2d_backward)
     else:
-        conv = (B.conv2d_forward, B.conv2d_backward)
+        conv = (K.conv2d_forward, K.conv2d_backward)
     x, conv_cache = conv[0](x, weight, bias, layer.stride, padding, d)
     record(f"{name}.convolution", x)                                # (N, C_out, H_out, W_out)
     norm = None
     if layer.norm_eps is not None:
         p = f"{name}.normalization."
         if mode.training:
-            x, norm_cache = B.batch_norm_train_forward(x, params[p + "weight"], params[p + "bias"], layer.norm_eps)
-            mean, var = B.batch_norm_update_running(params[p + "running_mean"], params[p + "running_var"],
+            x, norm_cache = K.batch_norm_train_forward(x, params[p + "weight"], params[p + "bias"], layer.norm_eps)
+            mean, var = K.batch_norm_update_running(params[p + "running_mean"], params[p + "running_var"],
                                                     norm_cache["mean"], norm_cache["var_unbiased"],
                                                     mode.momentum(layer))
             params[p + "running_mean"] = mean.astype(params[p + "running_mean"].dtype)
             params[p + "running_var"] = var.astype(params[p + "running_var"].dtype)
             params[p + "num_batches_tracked"] = params[p + "num_batches_tracked"] + 1
-            norm = (B.batch_norm_train_backward, norm_cache)
+            norm = (K.batch_norm_train_backward, norm_cache)
         else:
-            x, norm_cache = B.batch_norm_eval_forward(x, params[p + "running_mean"], params[p + "running_var"],
+            x, norm_cache = K.batch_norm_eval_forward(x, params[p + "running_mean"], params[p + "running_var"],
                                                       params[p + "weight"], params[p + "bias"], layer.norm_eps)
-            norm = (B.batch_norm_eval_backward, norm_cache)
+            norm = (K.batch_norm_eval_backward, norm_cache)
         record(f"{name}.normalization", x)
     activation = None
     if layer.activation is not None:
-        forward, backward = {"relu": (B.relu_forward, B.relu_backward),
-                             "relu6": (B.relu6_forward, B.relu6_backward)}[layer.activation]
+        forward, backward = {"relu": (K.relu_forward, K.relu_backward),
+                             "relu6": (K.relu6_forward, K.relu6_backward)}[layer.activation]
         x, activation_cache = forward(x)
         activation = (backward, activation_cache)
         record(f"{name}.activation", x)
@@ -143,10 +144,10 @@ def conv_layer_backward(layer: ConvLayer, dout, cache, grads: dict):
     return dx
 
 
-def inverted_residual_forward(block: InvertedResidual, x, params, mode, record):
+def inverted_residual_forward(block: InvertedResidual, x, params, mode, record, K=B):
     caches, y = [], x
     for layer in block.conv_layers():
-        y, cache = conv_layer_forward(layer, y, params, mode, record)
+        y, cache = conv_layer_forward(layer, y, params, mode, record, K)
         caches.append(cache)
     if block.use_residual:
         y = x + y                                    # d(x + f(x)) = dout + df: the gradient takes both roads
@@ -161,36 +162,39 @@ def inverted_residual_backward(block: InvertedResidual, dout, caches, grads):
     return dx + dout if block.use_residual else dx
 
 
-def aspp_forward(head: ImagePoolingASPP, features, params, mode, record):
+def aspp_forward(head: ImagePoolingASPP, features, params, mode, record, K=B):
     """ImagePoolingASPP.__call__ with caches: pool -> conv_pool -> broadcast, conv_aspp, concat, projection."""
-    size = features.shape[-2:]
-    pooled, pool_cache = B.global_avg_pool_forward(features)                  # (N, C, 1, 1)
+    size = K.spatial_size(features)
+    pooled, pool_cache = K.global_avg_pool_forward(features)                  # (N, C, 1, 1)
     record(f"{head.name}.avg_pool", pooled)
-    pooled, conv_pool_cache = conv_layer_forward(head.conv_pool, pooled, params, mode, record)
-    pooled, resize_cache = B.interpolate_bilinear_forward(pooled, size, True)  # (N, 256, h, w)
-    aspp, aspp_cache = conv_layer_forward(head.conv_aspp, features, params, mode, record)
-    x, concat_cache = B.concat_channels_forward([pooled, aspp])               # (N, 512, h, w)
-    x, projection_cache = conv_layer_forward(head.conv_projection, x, params, mode, record)
-    return x, (pool_cache, conv_pool_cache, resize_cache, aspp_cache, concat_cache, projection_cache)
+    pooled, conv_pool_cache = conv_layer_forward(head.conv_pool, pooled, params, mode, record, K)
+    pooled, resize_cache = K.interpolate_bilinear_forward(pooled, size, True)  # (N, 256, h, w)
+    aspp, aspp_cache = conv_layer_forward(head.conv_aspp, features, params, mode, record, K)
+    x, concat_cache = K.concat_channels_forward([pooled, aspp])               # (N, 512, h, w)
+    x, projection_cache = conv_layer_forward(head.conv_projection, x, params, mode, record, K)
+    return x, (pool_cache, conv_pool_cache, resize_cache, aspp_cache, concat_cache, projection_cache, K)
 
 
 def aspp_backward(head: ImagePoolingASPP, dout, cache, grads):
-    pool_cache, conv_pool_cache, resize_cache, aspp_cache, concat_cache, projection_cache = cache
+    pool_cache, conv_pool_cache, resize_cache, aspp_cache, concat_cache, projection_cache, K = cache
     dx = conv_layer_backward(head.conv_projection, dout, projection_cache, grads)
-    dpooled, daspp = B.concat_channels_backward(dx, concat_cache)
+    dpooled, daspp = K.concat_channels_backward(dx, concat_cache)
     dfeatures = conv_layer_backward(head.conv_aspp, daspp, aspp_cache, grads)
-    dpooled = B.interpolate_bilinear_backward(dpooled, resize_cache)
+    dpooled = K.interpolate_bilinear_backward(dpooled, resize_cache)
     dpooled = conv_layer_backward(head.conv_pool, dpooled, conv_pool_cache, grads)
-    return dfeatures + B.global_avg_pool_backward(dpooled, pool_cache)
+    return dfeatures + K.global_avg_pool_backward(dpooled, pool_cache)
 
 
-def dropout_forward(dropout: Dropout, x, params, mode, record):
-    forward = B.dropout2d_forward if dropout.channels else B.dropout_forward
-    return forward(x, mode.drop_probability(dropout), mode.training, mode.rng)
+def dropout_forward(dropout: Dropout, x, params, mode, record, K=B):
+    forward, backward = ((K.dropout2d_forward, K.dropout2d_backward) if dropout.channels
+                         else (K.dropout_forward, K.dropout_backward))
+    y, cache = forward(x, mode.drop_probability(dropout), mode.training, mode.rng)
+    return y, (backward, cache)
 
 
 def dropout_backward(dropout: Dropout, dout, cache, grads):
-    return (B.dropout2d_backward if dropout.channels else B.dropout_backward)(dout, cache)
+    backward, cache = cache
+    return backward(dout, cache)
 
 
 UNITS = {ConvLayer: (conv_layer_forward, conv_layer_backward),
@@ -204,43 +208,62 @@ UNITS = {ConvLayer: (conv_layer_forward, conv_layer_backward),
 # --------------------------------------------------------------------------------------------------
 
 def forward(graph: Graph, params: dict, pixel_values: np.ndarray, mode: Mode, hidden_states: bool = False,
-            record: Recorder = no_record) -> tuple[dict, Tape]:
+            record: Recorder = no_record, channels_last: bool = False) -> tuple[dict, Tape]:
     """Run every unit of the graph (and, in train mode, the `unused` ones, for their statistics).
 
     Returns the engine's result dict and the tape for `backward`. `params` is the model's
-    ParameterDict: train mode writes the new running statistics into it."""
+    ParameterDict: train mode writes the new running statistics into it.
+
+    channels_last: run the kernels of `channels_last.py` (the same layers on (N, H, W, C) activations,
+    several times faster) instead of `backward.py`'s readable ones. The input is transposed once on the
+    way in, the results (and the input's gradient) on the way out; `record` still sees NCHW tensors."""
     dropouts = [u for u in graph.units if isinstance(u, Dropout)] + [graph.classifier_dropout]
     if mode.training and mode.rng is None and any(d is not None and mode.drop_probability(d) > 0 for d in dropouts):
         raise ConfigError("train mode with dropout needs a random generator: model.train(seed=...) or rng=...")
     tape = Tape()
     record("pixel_values", pixel_values)
-    x, kept = pixel_values, []
+    K, x, see = B, pixel_values, record
+    if channels_last:
+        K = CL
+        dtype = np.result_type(pixel_values, *(v for v in params.values() if v.dtype.kind == "f"))
+        x = CL.to_channels_last(pixel_values.astype(dtype, copy=False))
+        tape.steps.append(lambda dout, grads: CL.to_channels_first(dout))          # d input back to NCHW
+        if record is not no_record:
+            def see(name, tensor):
+                record(name, CL.to_channels_first(tensor))
+    kept = []
     for i, unit in enumerate(graph.units):
         unit_forward, unit_backward = UNITS[type(unit)]
-        x, cache = unit_forward(unit, x, params, mode, record)
+        x, cache = unit_forward(unit, x, params, mode, see, K)
         tape.steps.append(lambda dout, grads, u=unit, c=cache, b=unit_backward: b(u, dout, c, grads))
         if i in graph.hidden_states:
             kept.append(x)
         for reads, unused in graph.unused:           # transformers runs them; their outputs go nowhere
             if reads == i and mode.training:         # (in eval mode they change nothing: skipped)
-                UNITS[type(unused)][0](unused, x, params, mode, record)
-    result = {"last": x, "pooled": None, "logits": None, "hidden_states": tuple(kept) if hidden_states else None}
+                UNITS[type(unused)][0](unused, x, params, mode, see, K)
+    if channels_last:
+        kept = [CL.to_channels_first(h) for h in kept] if hidden_states else kept
+        if graph.pool is None:                       # the last map is the result: its gradient comes in NCHW
+            tape.steps.append(lambda dout, grads: CL.to_channels_last(dout))
+    result = {"last": CL.to_channels_first(x) if channels_last else x, "pooled": None, "logits": None,
+              "hidden_states": tuple(kept) if hidden_states else None}
     if graph.pool is None:
         return result, tape
-    pooled, pool_cache = B.global_avg_pool_forward(x)                         # (N, C, 1, 1)
-    record(graph.pool, pooled)
-    result["pooled"] = pooled = pooled.reshape(pooled.shape[:2])              # (N, C)
-    tape.steps.append(lambda dout, grads: B.global_avg_pool_backward(dout[:, :, None, None], pool_cache))
+    pooled, pool_cache = K.global_avg_pool_forward(x)                         # (N, C, 1, 1) or (N, 1, 1, C)
+    see(graph.pool, pooled)
+    pool_shape = pooled.shape
+    result["pooled"] = pooled = pooled.reshape(len(pooled), -1)               # (N, C)
+    tape.steps.append(lambda dout, grads: K.global_avg_pool_backward(dout.reshape(pool_shape), pool_cache))
     if graph.classifier_dropout is None and graph.classifier is None:
         return result, tape
     logits = pooled
     if graph.classifier_dropout is not None:                                  # the identity in eval mode
-        logits, dropout_cache = dropout_forward(graph.classifier_dropout, pooled, params, mode, record)
-        tape.steps.append(lambda dout, grads: B.dropout_backward(dout, dropout_cache))
+        logits, dropout_cache = dropout_forward(graph.classifier_dropout, pooled, params, mode, see, B)
+        tape.steps.append(lambda dout, grads: dropout_backward(graph.classifier_dropout, dout, dropout_cache, grads))
     if graph.classifier is not None:
         weight, bias = params[f"{graph.classifier}.weight"], params[f"{graph.classifier}.bias"]
         logits, linear_cache = B.linear_forward(logits, weight, bias)       # (N, num_labels)
-        record(graph.classifier, logits)
+        see(graph.classifier, logits)
 
         def classifier_backward(dout, grads):
             dx, grads[f"{graph.classifier}.weight"], grads[f"{graph.classifier}.bias"] = \
