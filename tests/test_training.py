@@ -71,8 +71,9 @@ def cases(draw):
 
 
 @settings(max_examples=24, deadline=None)
-@given(case=cases(), seed=st.integers(0, 2**16))
-def test_loss_gradients_and_running_statistics_equal_transformers(case, seed):
+@given(case=cases(), seed=st.integers(0, 2**16), fast=st.booleans())
+def test_loss_gradients_and_running_statistics_equal_transformers(case, seed, fast):
+    """Both paths: the channels-last kernels (fast) and backward.py's readable ones."""
     architecture, config, shape, labels, training = case
     torch_model = random_transformers_model(architecture, seed, **config).double()
     model = numpy_twin(torch_model, architecture).astype(np.float64)
@@ -80,7 +81,7 @@ def test_loss_gradients_and_running_statistics_equal_transformers(case, seed):
     model.train(training, seed=0)
     x = np.random.default_rng(seed).standard_normal(shape)
 
-    loss, grads = model.loss_and_gradients(x, labels, input_gradient=True)
+    loss, grads = model.loss_and_gradients(x, labels, input_gradient=True, fast=fast)
     torch_loss, torch_grads, torch_dx, state = transformers_step(torch_model, x, labels)
 
     assert abs(loss - torch_loss) <= RTOL * abs(torch_loss), (loss, torch_loss)
@@ -103,7 +104,8 @@ def pixels(shape=(3, 3, 32, 32), seed=0, dtype=np.float64):
 
 @pytest.mark.parametrize("architecture", ["MobileNetV1ForImageClassification", "MobileNetV2ForImageClassification",
                                           "MobileNetV2ForSemanticSegmentation"])
-def test_float32_gradients_are_float64_gradients_to_float32_precision(architecture):
+@pytest.mark.parametrize("fast", [True, False], ids=["channels_last", "readable"])
+def test_float32_gradients_are_float64_gradients_to_float32_precision(architecture, fast):
     """float32 end to end against the same model in float64, train mode, batch 4 at 64x64.
 
     Tolerances: loss 1e-5 relative; every gradient within 5e-4 of the model's largest gradient (not of
@@ -116,8 +118,8 @@ def test_float32_gradients_are_float64_gradients_to_float32_precision(architectu
     model64 = model.astype(np.float64).train(seed=0)
     x = pixels((4, 3, 64, 64))
     labels = np.random.default_rng(0).integers(0, 4, (4, 20, 20) if "Segmentation" in architecture else 4)
-    loss32, grads32 = model.loss_and_gradients(x.astype(np.float32), labels)
-    loss64, grads64 = model64.loss_and_gradients(x, labels)
+    loss32, grads32 = model.loss_and_gradients(x.astype(np.float32), labels, fast=fast)
+    loss64, grads64 = model64.loss_and_gradients(x, labels, fast=False)
     assert all(g.dtype == np.float32 for g in grads32.values()) and all(g.dtype == np.float64 for g in grads64.values())
     assert abs(loss32 - loss64) <= 1e-5 * abs(loss64)
     largest = max(float(np.max(np.abs(g))) for g in grads64.values())
