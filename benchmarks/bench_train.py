@@ -3,18 +3,23 @@
     python benchmarks/bench_train.py                      # both cases, 7 interleaved repeats
     python benchmarks/bench_train.py --cases v2_0.35_32 --repeats 3
 
-Cases (float32, train mode, dropout 0, one thread for both engines):
+Cases (float32, train mode, dropout 0; mobilenet_np on one thread, BLAS included, as `mobilenet-np train`
+runs by default; torch on --torch-threads, default 1):
     v2_0.35_32   MobileNetV2 0.35 at 32x32, batch 64, 10 labels (the Fashion-MNIST run)
     v2_1.0_224   MobileNetV2 1.0 at 224x224, batch 8, 1001 labels
 
 For each case, two measurements, each interleaved (mobilenet_np, torch, mobilenet_np, ...) and reported
 as medians:
     step       forward + backward + SGD(momentum 0.9, weight decay) update
-               mobilenet_np: Trainer.train_step; torch: transformers model, zero_grad, loss.backward(),
-               optimizer.step()
-    fwd+bwd    the loss and all gradients only: model.loss_and_gradients / loss.backward()
-Then mobilenet_np's fwd+bwd once more with every function of training/backward.py timed (where the
+               mobilenet_np: Trainer.train_step (channels-last kernels); torch: transformers model,
+               zero_grad, loss.backward(), optimizer.step()
+    fwd+bwd    the loss and all gradients only: model.loss_and_gradients / loss.backward(), and
+               mobilenet_np's readable kernels (training/backward.py, fast=False) beside them
+Then mobilenet_np's fwd+bwd once more with every kernel of training/channels_last.py timed (where the
 time goes, per layer type). Results: printed, and benchmarks/results/train_<machine>.json.
+
+torch uses both cores by default on this 2-core machine and is ~1.4x faster so (measured):
+`--torch-threads 2` shows mobilenet_np's one thread against that.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from mobilenet_np.image_processing import MobileNetV2ImageProcessor  # noqa: E402
-from mobilenet_np.training import backward as B  # noqa: E402
+from mobilenet_np.training import channels_last as CL  # noqa: E402
 from mobilenet_np.trainer import data as D  # noqa: E402
 from mobilenet_np.trainer.loop import Trainer, TrainSettings  # noqa: E402
 from torch_reference import numpy_twin, random_transformers_model  # noqa: E402
@@ -87,12 +92,12 @@ def interleaved(engines: dict, repeats: int) -> dict:
 
 
 def layer_profile(trainer, x, targets) -> dict:
-    """Seconds per function of training/backward.py during one loss_and_gradients (module attributes
+    """Seconds per kernel of training/channels_last.py during one loss_and_gradients (module attributes
     wrapped for the call; training/graph.py looks them up at call time)."""
     spent = defaultdict(float)
-    originals = {name: getattr(B, name) for name in dir(B)
+    originals = {name: getattr(CL, name) for name in dir(CL)
                  if not name.startswith("_") and name.endswith(("_forward", "_backward"))
-                 and callable(getattr(B, name))}
+                 and callable(getattr(CL, name))}
 
     def wrap(name, fn):
         @functools.wraps(fn)
@@ -105,14 +110,14 @@ def layer_profile(trainer, x, targets) -> dict:
         return inner
 
     for name, fn in originals.items():
-        setattr(B, name, wrap(name, fn))
+        setattr(CL, name, wrap(name, fn))
     try:
         trainer.model.loss_and_gradients(x, targets)              # warm
         spent.clear()
         total = timed(lambda: trainer.model.loss_and_gradients(x, targets))
     finally:
         for name, fn in originals.items():
-            setattr(B, name, fn)
+            setattr(CL, name, fn)
     return {"total_s": total, "functions_s": dict(sorted(spent.items(), key=lambda kv: -kv[1]))}
 
 
@@ -120,10 +125,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch's threads (default 1)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.torch_threads)
     results = {"machine": platform.node(), "numpy": np.__version__, "torch": torch.__version__,
-               "load_before": os.getloadavg(), "cases": {}}
+               "torch_threads": args.torch_threads, "load_before": os.getloadavg(), "cases": {}}
     with threadpool_limits(limits=1):
         for case in args.cases:
             config, size, batch = CASES[case]
@@ -142,19 +148,22 @@ def main(argv=None) -> int:
             step = interleaved({"mobilenet_np": lambda: trainer.train_step(x, targets), "torch": torch_step},
                                args.repeats)
             fwd_bwd = interleaved({"mobilenet_np": lambda: trainer.model.loss_and_gradients(x, targets),
+                                   "readable": lambda: trainer.model.loss_and_gradients(x, targets, fast=False),
                                    "torch": torch_fwd_bwd}, args.repeats)
             profile = layer_profile(trainer, x, targets)
             results["cases"][case] = {"batch": batch, "size": size, "step": step, "fwd+bwd": fwd_bwd,
                                       "profile": profile}
             for what, r in (("step", step), ("fwd+bwd", fwd_bwd)):
                 ratio = r["mobilenet_np"]["median_s"] / r["torch"]["median_s"]
+                readable = (f"   readable kernels {r['readable']['median_s'] * 1e3:8.1f} ms "
+                            f"(ratio {r['readable']['median_s'] / r['torch']['median_s']:.2f})" if "readable" in r else "")
                 print(f"{case:12s} {what:8s} mobilenet_np {r['mobilenet_np']['median_s'] * 1e3:8.1f} ms   "
-                      f"torch {r['torch']['median_s'] * 1e3:8.1f} ms   ratio {ratio:.2f}")
+                      f"torch {r['torch']['median_s'] * 1e3:8.1f} ms   ratio {ratio:.2f}{readable}")
             print(f"{case:12s} where mobilenet_np's fwd+bwd goes ({profile['total_s'] * 1e3:.0f} ms):")
             for name, seconds in list(profile["functions_s"].items())[:10]:
                 print(f"    {name:36s} {seconds * 1e3:8.1f} ms  {seconds / profile['total_s']:5.1%}")
     results["load_after"] = os.getloadavg()
-    out = ROOT / "benchmarks" / "results" / f"train_{platform.node() or 'machine'}.json"
+    out = ROOT / "benchmarks" / "results" / f"train_{platform.node() or 'machine'}_torch{args.torch_threads}t.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(f"load average before {results['load_before']}, after {results['load_after']}; wrote {out}")

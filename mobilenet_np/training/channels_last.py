@@ -30,6 +30,8 @@ Differences from `backward.py`, all about memory and speed, none in the formulas
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..errors import ShapeError
@@ -72,10 +74,17 @@ def spatial_size(x: np.ndarray) -> tuple[int, int]:
 BLOCK = 1 << 15     # values per block (128 KB of float32): a block and its temporaries stay in cache
 
 
+@functools.lru_cache(maxsize=64)
+def _ones(n: int, dtype: np.dtype) -> np.ndarray:
+    ones = np.ones(n, dtype=dtype)
+    ones.flags.writeable = False
+    return ones
+
+
 def _column_sum(a: np.ndarray) -> np.ndarray:
     """Per-channel sum over every other axis: (..., C) -> (C,), as a BLAS matrix-vector product."""
     rows = a.reshape(-1, a.shape[-1])
-    return np.ones(rows.shape[0], dtype=rows.dtype) @ rows
+    return _ones(rows.shape[0], rows.dtype) @ rows
 
 
 def _row_blocks(rows: int, channels: int) -> list[slice]:
@@ -410,7 +419,7 @@ def relu6_backward(dout, cache):
 def global_avg_pool_forward(x):
     """(N, H, W, C) -> (N, 1, 1, C). cache: x_shape."""
     n, h, w, c = x.shape
-    pooled = np.ones(h * w, dtype=x.dtype) @ x.reshape(n, h * w, c) / x.dtype.type(h * w)
+    pooled = _ones(h * w, x.dtype) @ x.reshape(n, h * w, c) / x.dtype.type(h * w)
     return pooled.reshape(n, 1, 1, c), {"x_shape": x.shape}
 
 
