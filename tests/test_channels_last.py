@@ -9,8 +9,10 @@ and its outputs and gradients, transposed back, must equal the readable kernel's
   their kinks, pooling, channel dropout with the same generator, bilinear resizing and concatenation;
 * fixed larger shapes make the kernels walk several blocks (several whole images per block, several
   blocks of rows within one image, a block boundary inside a tap's window, strides and dilations);
+* BatchNorm fused with its activation against the two readable kernels one after the other;
 * whole networks (V1, V2, DeepLab) in train mode with dropout, eval mode, hidden states, `record` and
-  the input's gradient: graph.forward(channels_last=True) against channels_last=False.
+  the input's gradient: graph.forward(channels_last=True) against channels_last=False, with and
+  without `record` (without it, each train-mode BatchNorm runs fused with its activation).
 
 Tolerance (float64): max |fast - readable| <= 1e-12 * max |readable| per tensor for single kernels (both
 add the same products in other orders; measured ~1e-15), 1e-9 for whole networks (train-mode BatchNorm on
@@ -122,6 +124,26 @@ def test_batch_norm_equals_the_readable_kernel(case, training):
     assert_close("dbeta", actual[2], expected[2])
 
 
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+@given(case=bn_cases(size=40))
+def test_batch_norm_fused_with_its_activation_equals_the_two_readable_kernels(activation, case):
+    """BatchNorm then ReLU/ReLU6 (train mode), fused: the same output and gradients as the readable pairs.
+    The inputs are scaled so that many outputs are clipped at 0 and at 6."""
+    x, gamma, beta, eps, rng = case
+    gamma, beta = gamma * 4, beta * 3
+    dout = rng.standard_normal(x.shape)
+    out, bn_cache = bw.batch_norm_train_forward(x, gamma, beta, eps)
+    y, act_cache = getattr(bw, f"{activation}_forward")(out)
+    dz = getattr(bw, f"{activation}_backward")(dout, act_cache)
+    expected = bw.batch_norm_train_backward(dz, bn_cache)
+    fast_y, cache = cl.batch_norm_train_forward(nhwc(x), gamma, beta, eps, activation=activation)
+    assert_close("out", nchw(fast_y), y)
+    actual = cl.batch_norm_train_backward(nhwc(dout), cache)
+    assert_close("dx", nchw(actual[0]), expected[0])
+    assert_close("dgamma", actual[1], expected[1])
+    assert_close("dbeta", actual[2], expected[2])
+
+
 @pytest.mark.parametrize("name", ["relu", "relu6"])
 @given(seed=st.integers(0, 2**32 - 1), big=st.booleans())
 def test_activations_equal_the_readable_kernel_bit_for_bit_at_the_kinks(name, seed, big):
@@ -192,12 +214,14 @@ def network(architecture, **config):
     return cls(cls.config_class(**config), seed=3).astype(np.float64)
 
 
-def run(model, x, channels_last, training, doutput_seed=5):
-    """(result, grads incl. the input's, recorded tensors, params after) of one forward + backward."""
+def run(model, x, channels_last, training, doutput_seed=5, record=True):
+    """(result, grads incl. the input's, recorded tensors, params after) of one forward + backward.
+    Without `record` the channels-last path fuses each BatchNorm with its activation."""
     model.train(training, seed=11)
     recorded = {}
     result, tape = graph.forward(model.graph(), model.params, x, model.mode, hidden_states=True,
-                                 record=lambda name, t: recorded.__setitem__(name, t), channels_last=channels_last)
+                                 record=(lambda name, t: recorded.__setitem__(name, t)) if record else no_record,
+                                 channels_last=channels_last)
     output = result["logits"] if result["logits"] is not None else result["last"]
     grads = graph.backward(tape, np.random.default_rng(doutput_seed).standard_normal(output.shape), True)
     return result, grads, recorded, {k: np.array(v) for k, v in model.params.items()}
@@ -214,7 +238,13 @@ def test_networks_equal_the_readable_path(architecture, size, training, tf_paddi
         config["output_stride"] = 16 if "Segmentation" in architecture and output_stride == 32 else output_stride
     x = np.random.default_rng(size[0]).standard_normal((3, 3, *size))
     readable = run(network(architecture, **config), x, False, training)
+    fused = run(network(architecture, **config), x, True, training, record=False)
     fast = run(network(architecture, **config), x, True, training)
+    compare_runs(fused, readable, recorded=False)
+    compare_runs(fast, readable, recorded=True)
+
+
+def compare_runs(fast, readable, recorded):
     for key in ("last", "pooled", "logits"):
         if readable[0][key] is None:
             assert fast[0][key] is None
@@ -228,9 +258,10 @@ def test_networks_equal_the_readable_path(architecture, size, training, tf_paddi
     for name, g in readable[1].items():                 # structurally-zero gradients: a floor, as test_training
         error = float(np.max(np.abs(fast[1][name] - g)))
         assert error <= max(RTOL_NETWORK * float(np.max(np.abs(g))), 1e-12 * largest), name
-    assert fast[2].keys() == readable[2].keys()
-    for name, t in readable[2].items():
-        assert_close(f"record {name}", fast[2][name], t, RTOL_NETWORK)
+    if recorded:
+        assert fast[2].keys() == readable[2].keys()
+        for name, t in readable[2].items():
+            assert_close(f"record {name}", fast[2][name], t, RTOL_NETWORK)
     for name, value in readable[3].items():             # running statistics, num_batches_tracked
         assert_close(f"param {name}", fast[3][name], value, RTOL_NETWORK)
 

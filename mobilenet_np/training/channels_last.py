@@ -285,12 +285,19 @@ def pointwise_conv2d_backward(dout, cache):
 # BatchNorm
 # --------------------------------------------------------------------------------------------------
 
-def batch_norm_train_forward(x, weight, bias, eps):
+ACTIVATION_UPPER = {None: None, "relu": np.inf, "relu6": 6.0}    # the activation a BatchNorm may fuse
+
+
+def batch_norm_train_forward(x, weight, bias, eps, activation=None):
     """Train-mode BatchNorm over the M = N*H*W pixels of each channel (the last axis), in three passes
     over blocks of rows: the sum (mean), the sum of squared deviations (biased variance, two-pass as
     backward.py), then out = gamma * xhat + beta. The cache keys of `backward.batch_norm_train_forward`
     but xhat: the backward recomputes it block by block from x (x is alive anyway; xhat would be one
-    more tensor to write and read back)."""
+    more tensor to write and read back).
+
+    activation: None, or "relu" / "relu6" applied in the last pass while the block is in cache (one
+    pass less over memory each way than BatchNorm and activation one after the other); the backward
+    then takes d loss / d (activation output) and applies the activation's mask itself."""
     if x.ndim != 4 or weight.shape != (x.shape[-1],) or bias.shape != (x.shape[-1],):
         raise ShapeError(f"batch_norm_train_forward: x (N, H, W, C) with (C,) weight and bias, got "
                          f"{x.shape}, {weight.shape}, {bias.shape}")
@@ -299,6 +306,7 @@ def batch_norm_train_forward(x, weight, bias, eps):
     if count <= 1:
         raise ShapeError(f"batch_norm_train_forward: Expected more than 1 value per channel when training, "
                          f"got input of shape {x.shape}")
+    upper = ACTIVATION_UPPER[activation]
     weight, bias = weight.astype(dtype, copy=False), bias.astype(dtype, copy=False)
     x2 = x.reshape(count, c)
     blocks = _row_blocks(count, c)
@@ -310,39 +318,50 @@ def batch_norm_train_forward(x, weight, bias, eps):
         var += _column_sum(np.square(centred, out=centred))
     var /= dtype.type(count)
     rstd = (1.0 / np.sqrt(var.astype(np.float64) + eps)).astype(dtype)
+    scale = rstd * weight
     out = np.empty_like(x2)
     for rows in blocks:                                        # out = (x - mean) * rstd * gamma + beta
         block = np.subtract(x2[rows], mean, out=out[rows])
-        block *= rstd * weight
+        block *= scale
         block += bias
+        if upper is not None:
+            _clip_block(block, upper)
+    out = out.reshape(x.shape)
     cache = {"x": x2, "mean": mean, "var": var, "var_unbiased": var * dtype.type(count / (count - 1)),
-             "rstd": rstd, "weight": weight, "eps": eps, "count": count}
-    return out.reshape(x.shape), cache
+             "rstd": rstd, "weight": weight, "eps": eps, "count": count, "upper": upper,
+             "y": out if upper is not None else None}
+    return out, cache
 
 
 def batch_norm_train_backward(dout, cache):
-    """dbeta = sum dout, dgamma = sum dout * xhat, dx = gamma * rstd * (dout - dbeta/M - xhat * dgamma/M),
-    xhat = (x - mean) * rstd: the sums in one pass over blocks of rows, dx in a second."""
+    """dbeta = sum dz, dgamma = sum dz * xhat, dx = gamma * rstd * (dz - dbeta/M - xhat * dgamma/M),
+    xhat = (x - mean) * rstd, dz = dout (or, with a fused activation, dout where the output y is inside
+    the activation's open interval): the sums in one pass over blocks of rows, dx in a second."""
     x2, mean, rstd, weight, count = cache["x"], cache["mean"], cache["rstd"], cache["weight"], cache["count"]
+    upper = cache["upper"]
     c = x2.shape[-1]
     d2 = dout.reshape(count, c)
+    y2 = None if upper is None else cache["y"].reshape(count, c)
     blocks = _row_blocks(count, c)
-    scratch = np.empty((blocks[0].stop, c), dtype=dout.dtype)
-    dbeta = _column_sum(d2)
+    scratch = np.empty((2, blocks[0].stop, c), dtype=dout.dtype)
+    dbeta = np.zeros(c, dtype=dout.dtype)
     dgamma = np.zeros(c, dtype=dout.dtype)
     for rows in blocks:
-        xhat = np.subtract(x2[rows], mean, out=scratch[:rows.stop - rows.start])
+        dz = d2[rows] if upper is None else _pass_inside_block(d2[rows], y2[rows], upper, scratch[1])
+        dbeta += _column_sum(dz)
+        xhat = np.subtract(x2[rows], mean, out=scratch[0, :rows.stop - rows.start])
         xhat *= rstd
-        dgamma += _column_sum(np.multiply(xhat, d2[rows], out=xhat))
+        dgamma += _column_sum(np.multiply(xhat, dz, out=xhat))
     m = dout.dtype.type(count)
-    mean_dout, scale = dbeta / m, weight * rstd
+    mean_dz, scale = dbeta / m, weight * rstd
     xhat_scale = dgamma / m * rstd                             # xhat * dgamma / M = (x - mean) * this
     dx = np.empty_like(d2)
     for rows in blocks:
+        dz = d2[rows] if upper is None else _pass_inside_block(d2[rows], y2[rows], upper, scratch[1])
         block = np.subtract(x2[rows], mean, out=dx[rows])
         block *= xhat_scale
-        block += mean_dout
-        np.subtract(d2[rows], block, out=block)
+        block += mean_dz
+        np.subtract(dz, block, out=block)
         block *= scale
     return dx.reshape(dout.shape), dgamma, dbeta
 
@@ -369,14 +388,28 @@ def batch_norm_eval_backward(dout, cache):
 # activations (cache the output: the gradient passes where the output is strictly inside the range)
 # --------------------------------------------------------------------------------------------------
 
+def _clip_block(block, upper):
+    """block = min(max(block, 0), upper) in place (upper inf: ReLU)."""
+    np.maximum(block, 0, out=block)
+    if upper != np.inf:
+        np.minimum(block, upper, out=block)
+    return block
+
+
+def _pass_inside_block(d, y, upper, scratch):
+    """d where 0 < y < upper, else 0, into scratch (rows of it)."""
+    inside = y > 0
+    if upper != np.inf:
+        inside &= y < upper
+    return np.multiply(d, inside, out=scratch[:len(d)])
+
+
 def _clip(x, upper):
     """max(x, 0), or min(max(x, 0), upper), block by block, *in place*: in the graph the activation's
     input is the BatchNorm's fresh output, which nothing else reads (record gets NCHW copies)."""
     x2 = x.reshape(-1, x.shape[-1])
     for rows in _row_blocks(*x2.shape):
-        np.maximum(x2[rows], 0, out=x2[rows])
-        if upper is not None:
-            np.minimum(x2[rows], upper, out=x2[rows])
+        _clip_block(x2[rows], upper)
     return x
 
 
@@ -385,21 +418,18 @@ def _pass_inside(dout, y, upper):
     d2, y2 = dout.reshape(-1, dout.shape[-1]), y.reshape(-1, y.shape[-1])
     dx = np.empty_like(d2)
     for rows in _row_blocks(*d2.shape):
-        inside = y2[rows] > 0
-        if upper is not None:
-            inside &= y2[rows] < upper
-        np.multiply(d2[rows], inside, out=dx[rows])
+        _pass_inside_block(d2[rows], y2[rows], upper, dx[rows])
     return dx.reshape(dout.shape)
 
 
 def relu_forward(x):
     """y = max(x, 0), overwriting x (see _clip). cache: y."""
-    y = _clip(x, None)
+    y = _clip(x, np.inf)
     return y, {"y": y}
 
 
 def relu_backward(dout, cache):
-    return _pass_inside(dout, cache["y"], None)
+    return _pass_inside(dout, cache["y"], np.inf)
 
 
 def relu6_forward(x):

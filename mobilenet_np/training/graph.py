@@ -101,11 +101,15 @@ def conv_layer_forward(layer: ConvLayer, x, params, mode: Mode, record: Recorder
         conv = (K.conv2d_forward, K.conv2d_backward)
     x, conv_cache = conv[0](x, weight, bias, layer.stride, padding, d)
     record(f"{name}.convolution", x)                                # (N, C_out, H_out, W_out)
-    norm = None
+    norm, fused = None, False
     if layer.norm_eps is not None:
         p = f"{name}.normalization."
         if mode.training:
-            x, norm_cache = K.batch_norm_train_forward(x, params[p + "weight"], params[p + "bias"], layer.norm_eps)
+            # the channels-last kernels fuse BatchNorm with its activation (one pass less over memory each
+            # way), unless `record` wants the tensor between them
+            fused = K is CL and layer.activation is not None and record is no_record
+            x, norm_cache = K.batch_norm_train_forward(x, params[p + "weight"], params[p + "bias"], layer.norm_eps,
+                                                       **({"activation": layer.activation} if fused else {}))
             mean, var = K.batch_norm_update_running(params[p + "running_mean"], params[p + "running_var"],
                                                     norm_cache["mean"], norm_cache["var_unbiased"],
                                                     mode.momentum(layer))
@@ -119,7 +123,7 @@ def conv_layer_forward(layer: ConvLayer, x, params, mode: Mode, record: Recorder
             norm = (K.batch_norm_eval_backward, norm_cache)
         record(f"{name}.normalization", x)
     activation = None
-    if layer.activation is not None:
+    if layer.activation is not None and not fused:
         forward, backward = {"relu": (K.relu_forward, K.relu_backward),
                              "relu6": (K.relu6_forward, K.relu6_backward)}[layer.activation]
         x, activation_cache = forward(x)
