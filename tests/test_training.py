@@ -255,3 +255,30 @@ def test_frozen_parameters_get_no_gradient_and_an_optimizer_step_reaches_the_fas
     after = model(pixels()).logits
     assert not np.allclose(after, before)
     np.testing.assert_allclose(after, model(pixels(), fast=False).logits, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["channels_last", "readable"])
+def test_frozen_batch_norm_keeps_its_statistics_while_dropout_trains(fast):
+    """model.train(frozen_batch_norm=True) is PyTorch's model.train() + .eval() on every BatchNorm: the same
+    loss and gradients as transformers so (dropout 0), the running statistics untouched; with dropout the
+    masks are drawn (two generators, two losses)."""
+    architecture = "MobileNetV2ForImageClassification"
+    torch_model = random_transformers_model(architecture, 4, depth_multiplier=0.35, num_labels=5,
+                                            classifier_dropout_prob=0.0).double().train()
+    for module in torch_model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    model = numpy_twin(torch_model, architecture).astype(np.float64).train(seed=0, frozen_batch_norm=True)
+    before = {k: v.copy() for k, v in model.params.items()}
+    x, labels = pixels((3, 3, 40, 40)), np.array([0, 3, 4])
+    loss, grads = model.loss_and_gradients(x, labels, fast=fast)
+    torch_loss, torch_grads, _, _ = transformers_step(torch_model, x, labels)
+    assert abs(loss - torch_loss) <= RTOL * abs(torch_loss)
+    assert_gradients_equal(grads, torch_grads, "frozen BatchNorm")
+    for name, value in before.items():
+        np.testing.assert_array_equal(model.params[name], value, err_msg=name)
+    model.train(seed=1, dropout=0.5)
+    first, _ = model.loss_and_gradients(x, labels, fast=fast)
+    model.train(seed=2)
+    assert model.loss_and_gradients(x, labels, fast=fast)[0] != first
+    assert model.mode.frozen_batch_norm

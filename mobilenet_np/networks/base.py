@@ -173,14 +173,16 @@ class PreTrainedModel:
 
     # -- training -------------------------------------------------------------------------------------
     def train(self, mode: bool = True, *, seed: int | None = None, rng: np.random.Generator | None = None,
-              batch_norm_momentum: str | float | None = None, dropout: str | float | None = None):
+              batch_norm_momentum: str | float | None = None, dropout: str | float | None = None,
+              frozen_batch_norm: bool | None = None):
         """Train mode (as PyTorch's `model.train()`): BatchNorm on batch statistics, running ones updated,
         dropout active, drawing from `rng` (or a generator seeded with `seed`).
 
         By default the numbers are transformers' (see training/graph.py: TensorFlow's decay used as
         PyTorch's momentum, keep probabilities used as drop probabilities); `batch_norm_momentum=
         "tensorflow"` and `dropout="tensorflow"` use what TensorFlow meant, a number sets it directly.
-        Returns the model."""
+        `frozen_batch_norm=True` keeps BatchNorm in inference mode while dropout trains (PyTorch's
+        `.eval()` on the BatchNorm modules of a training model). Returns the model."""
         self.training = bool(mode)
         if rng is not None or seed is not None:
             self.mode.rng = rng if rng is not None else np.random.default_rng(seed)
@@ -188,6 +190,8 @@ class PreTrainedModel:
             self.mode.batch_norm_momentum = batch_norm_momentum
         if dropout is not None:
             self.mode.dropout = dropout
+        if frozen_batch_norm is not None:
+            self.mode.frozen_batch_norm = bool(frozen_batch_norm)
         self.mode.training = self.training
         return self
 

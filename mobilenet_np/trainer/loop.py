@@ -19,8 +19,8 @@ the run that never stopped (tests/test_train_loop.py checks it bit for bit).
 
 Freezing: "backbone" trains only the head (the tensors outside `model.base_model_prefix`);
 "batchnorm" keeps every BatchNorm in inference mode (running statistics used and left unchanged,
-gamma and beta not trained: TF DeepLab's fine_tune_batch_norm=False for small batches). The network
-has one train/eval switch (training/graph.py `Mode.training`), so with "batchnorm" the dropout is off too.
+gamma and beta not trained: TF DeepLab's fine_tune_batch_norm=False for small batches) while dropout
+still trains (`model.train(frozen_batch_norm=True)`: PyTorch's `.eval()` on the BatchNorm modules).
 """
 
 from __future__ import annotations
@@ -250,8 +250,9 @@ class Trainer:
             model.freeze(model.base_model_prefix + ".")
         if "batchnorm" in settings.freeze:
             model.freeze(".normalization.")
-        model.train("batchnorm" not in settings.freeze, rng=np.random.default_rng([settings.seed, 0xD20]),
-                    batch_norm_momentum=settings.batch_norm_momentum, dropout=settings.dropout)
+        model.train(True, rng=np.random.default_rng([settings.seed, 0xD20]),
+                    batch_norm_momentum=settings.batch_norm_momentum, dropout=settings.dropout,
+                    frozen_batch_norm="batchnorm" in settings.freeze)
         trainable = model.trainable_parameters()
         if not trainable:
             raise ConfigError("nothing to train: every tensor is frozen")

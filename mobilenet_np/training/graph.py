@@ -44,12 +44,16 @@ class Mode:
     dropout: "transformers" (p = config.classifier_dropout_prob, drop probability), "tensorflow"
         (p = 1 - it, the keep probability TF meant), or a number used for every dropout.
     rng: the numpy.random.Generator dropout draws its masks from (the caller's: seeded, reproducible).
+    frozen_batch_norm: BatchNorm in inference mode even in train mode (running statistics used and left
+        unchanged), dropout still active: PyTorch's `model.train()` followed by `.eval()` on every
+        BatchNorm module (fine-tuning with small batches).
     """
 
     training: bool = False
     batch_norm_momentum: str | float = "transformers"
     dropout: str | float = "transformers"
     rng: np.random.Generator | None = None
+    frozen_batch_norm: bool = False
 
     def momentum(self, layer: ConvLayer) -> float:
         if not isinstance(self.batch_norm_momentum, str):
@@ -104,7 +108,7 @@ def conv_layer_forward(layer: ConvLayer, x, params, mode: Mode, record: Recorder
     norm, fused = None, False
     if layer.norm_eps is not None:
         p = f"{name}.normalization."
-        if mode.training:
+        if mode.training and not mode.frozen_batch_norm:
             # the channels-last kernels fuse BatchNorm with its activation (one pass less over memory each
             # way), unless `record` wants the tensor between them
             fused = K is CL and layer.activation is not None and record is no_record
