@@ -281,6 +281,11 @@ def test_settings_are_checked():
     model.freeze("")                                       # every name starts with ""
     with pytest.raises(mobilenet_np.ConfigError, match="nothing to train"):
         Trainer(model, random_dataset(8), None, TrainSettings(epochs=1, batch_size=4, lr=0.1), processor())
+    cls = mobilenet_np.MobileNetV2ForSemanticSegmentation
+    deeplab = cls(cls.config_class(depth_multiplier=0.25, num_labels=3, semantic_loss_ignore_index=-100), seed=0)
+    with pytest.raises(mobilenet_np.ConfigError, match="semantic_loss_ignore_index is -100.*with 255"):
+        Trainer(deeplab, random_dataset(8, segmentation=True), None, TrainSettings(epochs=1, batch_size=4, lr=0.1),
+                processor())
 
 
 def test_batches_follow_each_epochs_order():

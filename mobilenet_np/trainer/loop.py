@@ -239,6 +239,10 @@ class Trainer:
         for dataset in (train_set, val_set):
             if dataset is not None and dataset.task != task:
                 raise ConfigError(f"{dataset.source}: a {dataset.task} dataset, the model does {task}")
+        ignore = getattr(model.config, "semantic_loss_ignore_index", D.IGNORE_INDEX)
+        if task != "image-classification" and ignore != D.IGNORE_INDEX:
+            raise ConfigError(f"config.semantic_loss_ignore_index is {ignore}, but training masks mark ignored pixels "
+                              f"(and crop padding) with {D.IGNORE_INDEX}, as Pascal VOC: set it to {D.IGNORE_INDEX}")
         self.task = task
         dtype = np.float64 if settings.dtype == "float64" else np.float32
         if any(v.dtype != dtype for v in model.params.values() if v.dtype.kind == "f"):
