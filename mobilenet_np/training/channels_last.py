@@ -343,25 +343,25 @@ def batch_norm_train_backward(dout, cache):
     d2 = dout.reshape(count, c)
     y2 = None if upper is None else cache["y"].reshape(count, c)
     blocks = _row_blocks(count, c)
-    scratch = np.empty((2, blocks[0].stop, c), dtype=dout.dtype)
+    scratch = np.empty((blocks[0].stop, c), dtype=dout.dtype)
     dbeta = np.zeros(c, dtype=dout.dtype)
     dgamma = np.zeros(c, dtype=dout.dtype)
+    dx = np.empty_like(d2)                                     # holds dz (masked dout) until the second pass
     for rows in blocks:
-        dz = d2[rows] if upper is None else _pass_inside_block(d2[rows], y2[rows], upper, scratch[1])
+        dz = d2[rows] if upper is None else _pass_inside_block(d2[rows], y2[rows], upper, dx[rows])
         dbeta += _column_sum(dz)
-        xhat = np.subtract(x2[rows], mean, out=scratch[0, :rows.stop - rows.start])
+        xhat = np.subtract(x2[rows], mean, out=scratch[:rows.stop - rows.start])
         xhat *= rstd
         dgamma += _column_sum(np.multiply(xhat, dz, out=xhat))
     m = dout.dtype.type(count)
     mean_dz, scale = dbeta / m, weight * rstd
     xhat_scale = dgamma / m * rstd                             # xhat * dgamma / M = (x - mean) * this
-    dx = np.empty_like(d2)
     for rows in blocks:
-        dz = d2[rows] if upper is None else _pass_inside_block(d2[rows], y2[rows], upper, scratch[1])
-        block = np.subtract(x2[rows], mean, out=dx[rows])
-        block *= xhat_scale
-        block += mean_dz
-        np.subtract(dz, block, out=block)
+        dz = d2[rows] if upper is None else dx[rows]
+        term = np.subtract(x2[rows], mean, out=scratch[:rows.stop - rows.start])
+        term *= xhat_scale
+        term += mean_dz
+        block = np.subtract(dz, term, out=dx[rows])
         block *= scale
     return dx.reshape(dout.shape), dgamma, dbeta
 
