@@ -89,10 +89,42 @@ def _column_sum(a: np.ndarray) -> np.ndarray:
     return _ones(rows.shape[0], rows.dtype) @ rows
 
 
-def _row_blocks(rows: int, channels: int) -> list[slice]:
-    """Slices of the rows of an (M, C) matrix, about BLOCK values each."""
-    step = max(1, BLOCK // max(channels, 1))
-    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+WIDE = 256          # values per row that NumPy's inner loops should run over, at least
+
+
+def _row_blocks(rows: int, channels: int) -> list[tuple[slice, int]]:
+    """(slice, k) blocks of the rows of an (M, C) matrix, about BLOCK values each, k dividing the block's
+    rows: `_wide` views the block as (rows / k, k * C), and a (C,) vector tiled k times then broadcasts
+    over rows of k * C >= WIDE values (with C = 16, NumPy's inner loop would otherwise run over 16
+    values at a time: measured 1.5-2x slower per operation)."""
+    k = max(1, -(-WIDE // max(channels, 1)))
+    step = k * max(1, BLOCK // (k * max(channels, 1)))
+    blocks = []
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        whole = start + (stop - start) // k * k
+        if whole > start:
+            blocks.append((slice(start, whole), k))
+        if stop > whole:                                       # the last rows that do not fill k
+            blocks.append((slice(whole, stop), 1))
+    return blocks
+
+
+def _wide(a: np.ndarray, k: int) -> np.ndarray:
+    """An (R, C) block viewed as (R / k, k * C): k rows side by side (a view: the rows are contiguous)."""
+    return a.reshape(a.shape[0] // k, k * a.shape[1]) if k > 1 else a
+
+
+class _Tiled:
+    """(C,) vectors tiled k times, for blocks viewed by `_wide` (made once per k)."""
+
+    def __init__(self, *vectors):
+        self.vectors, self.made = vectors, {}
+
+    def __call__(self, k):
+        if k not in self.made:
+            self.made[k] = [np.tile(v, k) for v in self.vectors]
+        return self.made[k]
 
 
 def _image_blocks(n: int, h_out: int, row_values: int) -> list[tuple[slice, int, int]]:
@@ -211,6 +243,23 @@ def _depthwise_blocks(x, geometry, kh, kw):
         yield block
 
 
+def _tap_rows(taps, geometry):
+    """The (kH, kW, C) tap weights tiled W_out times along the last axis, for `_times_tap`: with column
+    stride 1 the cols * C values of a tap's row are contiguous, and multiplying them by the tiled weights
+    as one row lets NumPy's inner loop run over cols * C values instead of C (~1.5x faster at C = 16).
+    None with a column stride (the weights then broadcast)."""
+    return np.tile(taps, (1, 1, geometry.out_size[1])) if geometry.stride[1] == 1 else None
+
+
+def _times_tap(a, taps, tap_rows, i, j, out):
+    """out = a * w[:, 0, i, j]: an (n, r, cols, C) tap view times tap (i, j)'s (C,) weights."""
+    if tap_rows is None or a.shape[2] == 1:
+        return np.multiply(a, taps[i, j], out=out)
+    rows = a.shape[:2] + (a.shape[2] * a.shape[3],)
+    np.multiply(a.reshape(rows, copy=False), tap_rows[i, j, :rows[2]], out=out.reshape(rows, copy=False))
+    return out
+
+
 def depthwise_conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
     """out = sum over the kH*kW taps of tap(x, i, j) * w[:, 0, i, j] (a (C,) row broadcast over pixels).
 
@@ -220,12 +269,15 @@ def depthwise_conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation
                                     "depthwise")
     n, c, (kh, kw), (h_out, w_out) = x.shape[0], x.shape[3], weight.shape[2:], g.out_size
     taps = weight[:, 0].transpose(1, 2, 0)                     # (kH, kW, C)
+    tap_rows = _tap_rows(taps, g)
     out = np.zeros((n, h_out, w_out, c), dtype=x.dtype)
     scratch = np.empty(BLOCK + w_out * c, dtype=x.dtype)
     for block in _depthwise_blocks(x, g, kh, kw):
         for (i, j), out_index, in_index in block:
             target = out[out_index]
-            target += np.multiply(x[in_index], taps[i, j], out=scratch[:target.size].reshape(target.shape))
+            product = scratch[:target.size].reshape(target.shape)
+            _times_tap(x[in_index], taps, tap_rows, i, j, product)
+            target += product
     if bias is not None:
         out += bias
     return out, {"x": x, "weight": weight, "has_bias": bias is not None, "geometry": g}
@@ -237,6 +289,7 @@ def depthwise_conv2d_backward(dout, cache):
     x, weight, g = cache["x"], cache["weight"], cache["geometry"]
     kh, kw = weight.shape[2:]
     taps = weight[:, 0].transpose(1, 2, 0)
+    tap_rows = _tap_rows(taps, g)
     dx = np.zeros_like(x)
     dw = np.zeros((kh, kw, x.shape[3]))
     scratch = np.empty(BLOCK + dout.shape[2] * dout.shape[3], dtype=dout.dtype)
@@ -245,7 +298,7 @@ def depthwise_conv2d_backward(dout, cache):
             d = dout[out_index]
             product = scratch[:d.size].reshape(d.shape)
             dw[i, j] += _column_sum(np.multiply(x[in_index], d, out=product))
-            dx[in_index] += np.multiply(d, taps[i, j], out=product)
+            dx[in_index] += _times_tap(d, taps, tap_rows, i, j, product)
     db = _column_sum(dout) if cache["has_bias"] else None
     return dx, np.ascontiguousarray(dw.transpose(2, 0, 1)[:, None]).astype(dout.dtype), db
 
@@ -310,20 +363,23 @@ def batch_norm_train_forward(x, weight, bias, eps, activation=None):
     weight, bias = weight.astype(dtype, copy=False), bias.astype(dtype, copy=False)
     x2 = x.reshape(count, c)
     blocks = _row_blocks(count, c)
-    scratch = np.empty((blocks[0].stop, c), dtype=dtype)
+    scratch = np.empty(max(rows.stop - rows.start for rows, _ in blocks) * c, dtype=dtype)
     mean = _column_sum(x2) / dtype.type(count)
+    tiled_mean = _Tiled(mean)
     var = np.zeros(c, dtype=dtype)
-    for rows in blocks:
-        centred = np.subtract(x2[rows], mean, out=scratch[:rows.stop - rows.start])
+    for rows, k in blocks:
+        centred = scratch[:(rows.stop - rows.start) * c].reshape(-1, c)
+        np.subtract(_wide(x2[rows], k), *tiled_mean(k), out=_wide(centred, k))
         var += _column_sum(np.square(centred, out=centred))
     var /= dtype.type(count)
     rstd = (1.0 / np.sqrt(var.astype(np.float64) + eps)).astype(dtype)
-    scale = rstd * weight
+    tiled = _Tiled(mean, rstd * weight, bias)
     out = np.empty_like(x2)
-    for rows in blocks:                                        # out = (x - mean) * rstd * gamma + beta
-        block = np.subtract(x2[rows], mean, out=out[rows])
-        block *= scale
-        block += bias
+    for rows, k in blocks:                                     # out = (x - mean) * rstd * gamma + beta
+        mean_k, scale_k, bias_k = tiled(k)
+        block = np.subtract(_wide(x2[rows], k), mean_k, out=_wide(out[rows], k))
+        block *= scale_k
+        block += bias_k
         if upper is not None:
             _clip_block(block, upper)
     out = out.reshape(x.shape)
@@ -343,26 +399,30 @@ def batch_norm_train_backward(dout, cache):
     d2 = dout.reshape(count, c)
     y2 = None if upper is None else cache["y"].reshape(count, c)
     blocks = _row_blocks(count, c)
-    scratch = np.empty((blocks[0].stop, c), dtype=dout.dtype)
+    scratch = np.empty(max(rows.stop - rows.start for rows, _ in blocks) * c, dtype=dout.dtype)
     dbeta = np.zeros(c, dtype=dout.dtype)
     dgamma = np.zeros(c, dtype=dout.dtype)
     dx = np.empty_like(d2)                                     # holds dz (masked dout) until the second pass
-    for rows in blocks:
+    tiled = _Tiled(mean, rstd)
+    for rows, k in blocks:
+        mean_k, rstd_k = tiled(k)
         dz = d2[rows] if upper is None else _pass_inside_block(d2[rows], y2[rows], upper, dx[rows])
         dbeta += _column_sum(dz)
-        xhat = np.subtract(x2[rows], mean, out=scratch[:rows.stop - rows.start])
-        xhat *= rstd
+        xhat = scratch[:(rows.stop - rows.start) * c].reshape(-1, c)
+        wide = np.subtract(_wide(x2[rows], k), mean_k, out=_wide(xhat, k))
+        wide *= rstd_k
         dgamma += _column_sum(np.multiply(xhat, dz, out=xhat))
     m = dout.dtype.type(count)
-    mean_dz, scale = dbeta / m, weight * rstd
-    xhat_scale = dgamma / m * rstd                             # xhat * dgamma / M = (x - mean) * this
-    for rows in blocks:
+    tiled = _Tiled(mean, dgamma / m * rstd, dbeta / m, weight * rstd)   # xhat * dgamma / M = (x - mean) * the 2nd
+    for rows, k in blocks:
+        mean_k, xhat_scale_k, mean_dz_k, scale_k = tiled(k)
         dz = d2[rows] if upper is None else dx[rows]
-        term = np.subtract(x2[rows], mean, out=scratch[:rows.stop - rows.start])
-        term *= xhat_scale
-        term += mean_dz
-        block = np.subtract(dz, term, out=dx[rows])
-        block *= scale
+        term = _wide(scratch[:(rows.stop - rows.start) * c].reshape(-1, c), k)
+        np.subtract(_wide(x2[rows], k), mean_k, out=term)
+        term *= xhat_scale_k
+        term += mean_dz_k
+        block = np.subtract(_wide(dz, k), term, out=_wide(dx[rows], k))
+        block *= scale_k
     return dx.reshape(dout.shape), dgamma, dbeta
 
 
@@ -408,7 +468,7 @@ def _clip(x, upper):
     """max(x, 0), or min(max(x, 0), upper), block by block, *in place*: in the graph the activation's
     input is the BatchNorm's fresh output, which nothing else reads (record gets NCHW copies)."""
     x2 = x.reshape(-1, x.shape[-1])
-    for rows in _row_blocks(*x2.shape):
+    for rows, _ in _row_blocks(*x2.shape):
         _clip_block(x2[rows], upper)
     return x
 
@@ -417,7 +477,7 @@ def _pass_inside(dout, y, upper):
     """dout where 0 < y (< upper), else 0, block by block."""
     d2, y2 = dout.reshape(-1, dout.shape[-1]), y.reshape(-1, y.shape[-1])
     dx = np.empty_like(d2)
-    for rows in _row_blocks(*d2.shape):
+    for rows, _ in _row_blocks(*d2.shape):
         _pass_inside_block(d2[rows], y2[rows], upper, dx[rows])
     return dx.reshape(dout.shape)
 
