@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import ShapeError
 from . import backward as B
@@ -177,16 +178,17 @@ def _tap(a, i, j, geometry):
 
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
     """Convolution with groups=1 as one matrix product: the kH*kW taps of every output pixel side by
-    side (im2col), (N*H_out*W_out, kH*kW*C_in) @ (kH*kW*C_in, C_out). Used by the 3x3 stems.
+    side (im2col: one copy of the padded input's sliding-window view), (N*H_out*W_out, kH*kW*C_in) @
+    (kH*kW*C_in, C_out). Used by the 3x3 stems.
     cache: cols, weight, has_bias, geometry, x_shape (the padded input's)."""
     x, weight, bias, g = _arguments(x, weight, bias, stride, padding, dilation, "conv2d_forward", "general")
     xp = _pad(x, g.pads)
     c_out, c_in, kh, kw = weight.shape
     n, (h_out, w_out) = x.shape[0], g.out_size
-    cols = np.empty((n, h_out, w_out, kh, kw, c_in), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, :, i, j] = _tap(xp, i, j, g)
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    windows = sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(1, 2))
+    windows = windows[:, ::sh, ::sw, :, ::dh, ::dw][:, :h_out, :w_out]      # (N, H_out, W_out, C_in, kH, kW) view
+    cols = np.ascontiguousarray(windows.transpose(0, 1, 2, 4, 5, 3))        # one copy: (..., kH, kW, C_in)
     cols = cols.reshape(n * h_out * w_out, kh * kw * c_in)
     out = cols @ weight.transpose(2, 3, 1, 0).reshape(kh * kw * c_in, c_out)
     if bias is not None:
