@@ -90,42 +90,10 @@ def _column_sum(a: np.ndarray) -> np.ndarray:
     return _ones(rows.shape[0], rows.dtype) @ rows
 
 
-WIDE = 256          # values per row that NumPy's inner loops should run over, at least
-
-
-def _row_blocks(rows: int, channels: int) -> list[tuple[slice, int]]:
-    """(slice, k) blocks of the rows of an (M, C) matrix, about BLOCK values each, k dividing the block's
-    rows: `_wide` views the block as (rows / k, k * C), and a (C,) vector tiled k times then broadcasts
-    over rows of k * C >= WIDE values (with C = 16, NumPy's inner loop would otherwise run over 16
-    values at a time: measured 1.5-2x slower per operation)."""
-    k = max(1, -(-WIDE // max(channels, 1)))
-    step = k * max(1, BLOCK // (k * max(channels, 1)))
-    blocks = []
-    for start in range(0, rows, step):
-        stop = min(start + step, rows)
-        whole = start + (stop - start) // k * k
-        if whole > start:
-            blocks.append((slice(start, whole), k))
-        if stop > whole:                                       # the last rows that do not fill k
-            blocks.append((slice(whole, stop), 1))
-    return blocks
-
-
-def _wide(a: np.ndarray, k: int) -> np.ndarray:
-    """An (R, C) block viewed as (R / k, k * C): k rows side by side (a view: the rows are contiguous)."""
-    return a.reshape(a.shape[0] // k, k * a.shape[1]) if k > 1 else a
-
-
-class _Tiled:
-    """(C,) vectors tiled k times, for blocks viewed by `_wide` (made once per k)."""
-
-    def __init__(self, *vectors):
-        self.vectors, self.made = vectors, {}
-
-    def __call__(self, k):
-        if k not in self.made:
-            self.made[k] = [np.tile(v, k) for v in self.vectors]
-        return self.made[k]
+def _row_blocks(rows: int, channels: int) -> list[slice]:
+    """Slices of the rows of an (M, C) matrix, about BLOCK values each."""
+    step = max(1, BLOCK // max(channels, 1))
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
 
 
 def _image_blocks(n: int, h_out: int, row_values: int) -> list[tuple[slice, int, int]]:
@@ -365,23 +333,20 @@ def batch_norm_train_forward(x, weight, bias, eps, activation=None):
     weight, bias = weight.astype(dtype, copy=False), bias.astype(dtype, copy=False)
     x2 = x.reshape(count, c)
     blocks = _row_blocks(count, c)
-    scratch = np.empty(max(rows.stop - rows.start for rows, _ in blocks) * c, dtype=dtype)
+    scratch = np.empty((blocks[0].stop, c), dtype=dtype)
     mean = _column_sum(x2) / dtype.type(count)
-    tiled_mean = _Tiled(mean)
     var = np.zeros(c, dtype=dtype)
-    for rows, k in blocks:
-        centred = scratch[:(rows.stop - rows.start) * c].reshape(-1, c)
-        np.subtract(_wide(x2[rows], k), *tiled_mean(k), out=_wide(centred, k))
+    for rows in blocks:
+        centred = np.subtract(x2[rows], mean, out=scratch[:rows.stop - rows.start])
         var += _column_sum(np.square(centred, out=centred))
     var /= dtype.type(count)
     rstd = (1.0 / np.sqrt(var.astype(np.float64) + eps)).astype(dtype)
-    tiled = _Tiled(mean, rstd * weight, bias)
+    scale = rstd * weight
     out = np.empty_like(x2)
-    for rows, k in blocks:                                     # out = (x - mean) * rstd * gamma + beta
-        mean_k, scale_k, bias_k = tiled(k)
-        block = np.subtract(_wide(x2[rows], k), mean_k, out=_wide(out[rows], k))
-        block *= scale_k
-        block += bias_k
+    for rows in blocks:                                        # out = (x - mean) * rstd * gamma + beta
+        block = np.subtract(x2[rows], mean, out=out[rows])
+        block *= scale
+        block += bias
         if upper is not None:
             _clip_block(block, upper)
     out = out.reshape(x.shape)
@@ -401,30 +366,26 @@ def batch_norm_train_backward(dout, cache):
     d2 = dout.reshape(count, c)
     y2 = None if upper is None else cache["y"].reshape(count, c)
     blocks = _row_blocks(count, c)
-    scratch = np.empty(max(rows.stop - rows.start for rows, _ in blocks) * c, dtype=dout.dtype)
+    scratch = np.empty((blocks[0].stop, c), dtype=dout.dtype)
     dbeta = np.zeros(c, dtype=dout.dtype)
     dgamma = np.zeros(c, dtype=dout.dtype)
     dx = np.empty_like(d2)                                     # holds dz (masked dout) until the second pass
-    tiled = _Tiled(mean, rstd)
-    for rows, k in blocks:
-        mean_k, rstd_k = tiled(k)
+    for rows in blocks:
         dz = d2[rows] if upper is None else _pass_inside_block(d2[rows], y2[rows], upper, dx[rows])
         dbeta += _column_sum(dz)
-        xhat = scratch[:(rows.stop - rows.start) * c].reshape(-1, c)
-        wide = np.subtract(_wide(x2[rows], k), mean_k, out=_wide(xhat, k))
-        wide *= rstd_k
+        xhat = np.subtract(x2[rows], mean, out=scratch[:rows.stop - rows.start])
+        xhat *= rstd
         dgamma += _column_sum(np.multiply(xhat, dz, out=xhat))
     m = dout.dtype.type(count)
-    tiled = _Tiled(mean, dgamma / m * rstd, dbeta / m, weight * rstd)   # xhat * dgamma / M = (x - mean) * the 2nd
-    for rows, k in blocks:
-        mean_k, xhat_scale_k, mean_dz_k, scale_k = tiled(k)
+    mean_dz, scale = dbeta / m, weight * rstd
+    xhat_scale = dgamma / m * rstd                             # xhat * dgamma / M = (x - mean) * this
+    for rows in blocks:
         dz = d2[rows] if upper is None else dx[rows]
-        term = _wide(scratch[:(rows.stop - rows.start) * c].reshape(-1, c), k)
-        np.subtract(_wide(x2[rows], k), mean_k, out=term)
-        term *= xhat_scale_k
-        term += mean_dz_k
-        block = np.subtract(_wide(dz, k), term, out=_wide(dx[rows], k))
-        block *= scale_k
+        term = np.subtract(x2[rows], mean, out=scratch[:rows.stop - rows.start])
+        term *= xhat_scale
+        term += mean_dz
+        block = np.subtract(dz, term, out=dx[rows])
+        block *= scale
     return dx.reshape(dout.shape), dgamma, dbeta
 
 
@@ -470,7 +431,7 @@ def _clip(x, upper):
     """max(x, 0), or min(max(x, 0), upper), block by block, *in place*: in the graph the activation's
     input is the BatchNorm's fresh output, which nothing else reads (record gets NCHW copies)."""
     x2 = x.reshape(-1, x.shape[-1])
-    for rows, _ in _row_blocks(*x2.shape):
+    for rows in _row_blocks(*x2.shape):
         _clip_block(x2[rows], upper)
     return x
 
@@ -479,7 +440,7 @@ def _pass_inside(dout, y, upper):
     """dout where 0 < y (< upper), else 0, block by block."""
     d2, y2 = dout.reshape(-1, dout.shape[-1]), y.reshape(-1, y.shape[-1])
     dx = np.empty_like(d2)
-    for rows, _ in _row_blocks(*d2.shape):
+    for rows in _row_blocks(*d2.shape):
         _pass_inside_block(d2[rows], y2[rows], upper, dx[rows])
     return dx.reshape(dout.shape)
 
