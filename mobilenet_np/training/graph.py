@@ -112,8 +112,11 @@ def conv_layer_forward(layer: ConvLayer, x, params, mode: Mode, record: Recorder
             # the channels-last kernels fuse BatchNorm with its activation (one pass less over memory each
             # way), unless `record` wants the tensor between them
             fused = K is CL and layer.activation is not None and record is no_record
-            x, norm_cache = K.batch_norm_train_forward(x, params[p + "weight"], params[p + "bias"], layer.norm_eps,
-                                                       **({"activation": layer.activation} if fused else {}))
+            gamma, beta = params[p + "weight"], params[p + "bias"]
+            if fused:
+                x, norm_cache = CL.batch_norm_train_forward(x, gamma, beta, layer.norm_eps, activation=layer.activation)
+            else:
+                x, norm_cache = K.batch_norm_train_forward(x, gamma, beta, layer.norm_eps)
             mean, var = K.batch_norm_update_running(params[p + "running_mean"], params[p + "running_var"],
                                                     norm_cache["mean"], norm_cache["var_unbiased"],
                                                     mode.momentum(layer))
