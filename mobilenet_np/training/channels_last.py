@@ -222,11 +222,13 @@ def _tap_rows(taps, geometry):
 
 
 def _times_tap(a, taps, tap_rows, i, j, out):
-    """out = a * w[:, 0, i, j]: an (n, r, cols, C) tap view times tap (i, j)'s (C,) weights."""
-    if tap_rows is None or a.shape[2] == 1:
+    """out = a * w[:, 0, i, j]: an (n, r, cols, C) tap view times tap (i, j)'s (C,) weights. `out` is
+    contiguous, so its reshape is a view; `a`'s rows hold their cols * C values contiguously (column
+    stride 1 into contiguous arrays), so its reshape is a view too."""
+    if tap_rows is None:
         return np.multiply(a, taps[i, j], out=out)
     rows = a.shape[:2] + (a.shape[2] * a.shape[3],)
-    np.multiply(a.reshape(rows, copy=False), tap_rows[i, j, :rows[2]], out=out.reshape(rows, copy=False))
+    np.multiply(a.reshape(rows), tap_rows[i, j, :rows[2]], out=out.reshape(rows))
     return out
 
 
