@@ -188,6 +188,16 @@ def machine_slug(info: dict) -> str:
     return re.sub(r"[^a-z0-9]+", "-", f"{info['cpu']} {info['cores']}cores".lower()).strip("-")
 
 
+def results_path(output: Path | None, info: dict, suffix: str, force: bool) -> Path | None:
+    """Where a benchmark writes its JSON: `output`, or benchmarks/results/<machine><suffix>.json. None (after
+    saying so on stderr) when the file exists and `force` is not given: results are never clobbered."""
+    output = output or ROOT / "benchmarks" / "results" / f"{machine_slug(info)}{suffix}.json"
+    if output.exists() and not force:
+        print(f"{output} exists already (pass --force to replace it)", file=sys.stderr)
+        return None
+    return output
+
+
 # --------------------------------------------------------------------------------------------------
 # timing
 # --------------------------------------------------------------------------------------------------
@@ -396,9 +406,8 @@ def main(argv=None) -> int:
         print(json.dumps(memory_child(engine, network, int(batch), args.threads, args.onnx_dir)))
         return 0
     info = machine_info()
-    output = args.output or ROOT / "benchmarks" / "results" / f"{machine_slug(info)}.json"
-    if output.exists() and not args.force:
-        print(f"{output} exists already (pass --force to replace it)", file=sys.stderr)
+    output = results_path(args.output, info, "", args.force)
+    if output is None:
         return 2
     if args.wait_quiet is not None:
         waited = wait_until_quiet(args.wait_quiet, args.wait_max)

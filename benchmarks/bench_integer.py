@@ -51,7 +51,7 @@ from mobilenet_np.image_processing import load_image  # noqa: E402
 from mobilenet_np.pipelines import image_processor_for  # noqa: E402
 from weights_tools.import_tflite import import_tflite  # noqa: E402
 
-from bench import machine_info, machine_slug, quartiles, time_interleaved, wait_until_quiet  # noqa: E402
+from bench import machine_info, results_path, quartiles, time_interleaved, wait_until_quiet  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 NETWORKS = {   # name -> (file, photo, rounds)
@@ -138,9 +138,8 @@ def main(argv=None) -> int:
     except ImportError:
         print("ai-edge-litert is not installed: timing the NumPy engines only", file=sys.stderr)
         args.engines = [e for e in args.engines if not e.startswith("litert")]
-    output = args.output or ROOT / "benchmarks" / "results" / f"{machine_slug(info)}_integer_{args.threads}threads.json"
-    if output.exists() and not args.force:
-        print(f"{output} exists already (pass --force to replace it)", file=sys.stderr)
+    output = results_path(args.output, info, f"_integer_{args.threads}threads", args.force)
+    if output is None:
         return 2
     from threadpoolctl import threadpool_limits
     threadpool_limits(args.threads, user_api="blas")        # the integer path's GEMMs; the fast path sets its own

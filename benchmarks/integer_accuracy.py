@@ -35,7 +35,7 @@ from mobilenet_np.image_processing import load_image  # noqa: E402
 from mobilenet_np.pipelines import image_processor_for  # noqa: E402
 from weights_tools.import_tflite import import_tflite  # noqa: E402
 
-from bench import machine_info, machine_slug  # noqa: E402
+from bench import machine_info, results_path  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 V2 = SHARED / "weights/tflite/mobilenet_v2_1.0_224_quant.tflite"
@@ -101,9 +101,8 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     info = machine_info()
-    output = args.output or ROOT / "benchmarks" / "results" / f"{machine_slug(info)}_integer_accuracy.json"
-    if output.exists() and not args.force:
-        print(f"{output} exists already (pass --force to replace it)", file=sys.stderr)
+    output = results_path(args.output, info, "_integer_accuracy", args.force)
+    if output is None:
         return 2
     with tempfile.TemporaryDirectory(prefix="integer_accuracy_") as workdir:
         report = {"classification": classification(Path(workdir)), "segmentation": segmentation(Path(workdir))}

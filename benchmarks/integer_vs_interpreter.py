@@ -48,7 +48,7 @@ from mobilenet_np.quantized import ops  # noqa: E402
 from mobilenet_np.quantized.fixedpoint import QuantParams  # noqa: E402
 from weights_tools.import_tflite import import_tflite  # noqa: E402
 
-from bench import machine_info, machine_slug  # noqa: E402
+from bench import machine_info, results_path  # noqa: E402
 
 from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 
@@ -319,9 +319,8 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     info = machine_info()
-    output = args.output or ROOT / "benchmarks" / "results" / f"{machine_slug(info)}_interpreters.json"
-    if output.exists() and not args.force:
-        print(f"{output} exists already (pass --force to replace it)", file=sys.stderr)
+    output = results_path(args.output, info, "_interpreters", args.force)
+    if output is None:
         return 2
     images = [(image, SHARED / "images" / image) for image in IMAGES if (SHARED / "images" / image).is_file()]
     inputs = images + [(f"random {seed}", seed) for seed in range(args.random)]
