@@ -38,6 +38,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import ShapeError
+from ..fast.plan import tap_ranges, tap_slice
 from . import backward as B
 
 __all__ = [
@@ -181,35 +182,24 @@ def conv2d_backward(dout, cache):
     return _crop(dxp, g), np.ascontiguousarray(dw), db
 
 
-def _tap_window(geometry, i, j):
-    """For kernel tap (i, j): the output rows and columns [lo, hi) whose input pixel lies inside the
-    unpadded input (the others read padding, i.e. zeros), and the input index of output index 0
-    (o * stride + offset, possibly negative)."""
-    window = []
-    for o_size, in_size, stride, offset in zip(geometry.out_size, geometry.in_size, geometry.stride,
-                                               (i * geometry.dilation[0] - geometry.pads[0],
-                                                j * geometry.dilation[1] - geometry.pads[2])):
-        lo = max(0, -(offset // stride))                      # the first o with o * stride + offset >= 0
-        hi = min(o_size, (in_size - 1 - offset) // stride + 1) if in_size - 1 - offset >= 0 else 0
-        window.append((lo, hi, stride, offset))
-    return window
-
-
 def _depthwise_blocks(x, geometry, kh, kw):
     """For every block of output rows and every tap: (tap (i, j), output slices, input slices), the
-    taps clipped to the unpadded input (no padded copy of x is made)."""
-    n, (h_out, w_out), c = x.shape[0], geometry.out_size, x.shape[3]
-    windows = {(i, j): _tap_window(geometry, i, j) for i in range(kh) for j in range(kw)}
-    for images, r0, r1 in _image_blocks(n, h_out, w_out * c):
+    taps clipped to the unpadded input (no padded copy of x is made) by the fast engine's `tap_ranges`:
+    per tap, the outputs [first, stop) that read a real pixel and the input index of `first`."""
+    (h, w), (h_out, w_out), (sh, sw), (dh, dw) = geometry.in_size, geometry.out_size, geometry.stride, geometry.dilation
+    rows = tap_ranges(h, h_out, kh, sh, dh, geometry.pads[0])
+    columns = tap_ranges(w, w_out, kw, sw, dw, geometry.pads[2])
+    for images, r0, r1 in _image_blocks(x.shape[0], h_out, w_out * x.shape[3]):
         block = []
-        for (i, j), ((rlo, rhi, sh, oh), (clo, chi, sw, ow)) in windows.items():
-            a, b = max(r0, rlo), min(r1, rhi)
-            if a >= b or clo >= chi:
+        for i, (first_row, stop_row, first_input_row) in enumerate(rows):
+            a, b = max(r0, first_row), min(r1, stop_row)
+            if a >= b:
                 continue
-            out_index = (images, slice(a, b), slice(clo, chi))
-            in_index = (images, slice(a * sh + oh, (b - 1) * sh + oh + 1, sh),
-                        slice(clo * sw + ow, (chi - 1) * sw + ow + 1, sw))
-            block.append(((i, j), out_index, in_index))
+            input_rows = tap_slice(first_input_row + (a - first_row) * sh, b - a, sh)
+            for j, (first, stop, first_input) in enumerate(columns):
+                if first < stop:
+                    block.append(((i, j), (images, slice(a, b), slice(first, stop)),
+                                  (images, input_rows, tap_slice(first_input, stop - first, sw))))
         yield block
 
 
